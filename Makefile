@@ -1,0 +1,30 @@
+# make demo    set up, then train focal loss and EFL on the embedded long-tailed set and compare them
+# make test    set up, then run the test suite
+# make install create .venv (PyPI requirements, detectron2, this project in editable mode)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# auto | upstream | pypi-sources: see tools/install_detectron2.sh
+DETECTRON2_ROUTE ?= auto
+export DETECTRON2_ROUTE
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml tools/install_detectron2.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	tools/install_detectron2.sh $(VENV)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: install
+	$(PY) tools/demo.py
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) output

@@ -1,0 +1,10 @@
+"""
+Equalized Focal Loss for detectron2. Importing this package registers the meta-architecture
+``EFLRetinaNet`` and the embedded synthetic long-tailed datasets.
+"""
+from .checks import ConfigError, check_config
+from .config import add_efl_config
+from .data import register_synthetic_lvis
+from .evaluation import LVISEvaluator, build_evaluator
+from .loss import EqualizedFocalLoss, check_efl_hyperparameters
+from .retinanet import EFLRetinaNet, lvis_frequency_groups

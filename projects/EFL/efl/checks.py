@@ -1,0 +1,106 @@
+"""
+Checks of a config against the machine and the datasets it names, run before anything is built, so that a
+wrong path or setting stops with a message that says what to fix.
+"""
+import os
+from typing import List
+
+import torch
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .data import ensure_generated, synthetic_spec_of
+from .loss import check_efl_hyperparameters
+
+__all__ = ["ConfigError", "check_config"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run as given; the message says what to change."""
+
+
+def check_config(cfg: CfgNode, eval_only: bool = False) -> None:
+    """
+    Raise ConfigError unless ``cfg`` can run here: EFL hyper-parameters in range, the device present, every
+    dataset it uses registered with its files in place (the embedded synthetic sets are generated on first
+    use), MODEL.RETINANET.NUM_CLASSES equal to the datasets' number of categories, and for ``eval_only`` the
+    weights to evaluate.
+    """
+    try:
+        check_efl_hyperparameters(cfg.MODEL.EFL.GAMMA_B, cfg.MODEL.EFL.SCALE, cfg.MODEL.EFL.ALPHA)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"MODEL.DEVICE is '{cfg.MODEL.DEVICE}' but no CUDA GPU is visible: add MODEL.DEVICE cpu "
+            "to the command line to run on the CPU"
+        )
+    names = list(cfg.DATASETS.TEST) if eval_only else list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    for name in dict.fromkeys(names):
+        _check_dataset_files(name)
+        _check_num_classes(name, cfg.MODEL.RETINANET.NUM_CLASSES)
+    if eval_only:
+        _check_weights(cfg.MODEL.WEIGHTS)
+
+
+def _datasets_root() -> str:
+    root = os.getenv("DETECTRON2_DATASETS", "datasets")
+    return f"$DETECTRON2_DATASETS ({root!r}, i.e. {os.path.abspath(os.path.expanduser(root))})"
+
+
+def _check_dataset_files(name: str) -> None:
+    if name not in DatasetCatalog.list():
+        raise ConfigError(
+            f"Dataset '{name}' is not registered. Built-in LVIS v1 names are lvis_v1_train and "
+            "lvis_v1_val; the embedded synthetic set is efl_synth_lt_train / efl_synth_lt_val."
+        )
+    if synthetic_spec_of(name) is not None:
+        ensure_generated(name)
+        return
+    metadata = MetadataCatalog.get(name)
+    json_file = metadata.get("json_file")
+    image_root = metadata.get("image_root")
+    missing: List[str] = []
+    if json_file and not os.path.isfile(json_file):
+        missing.append(json_file)
+    image_dirs = [image_root] if image_root else []
+    if metadata.get("evaluator_type") == "lvis" and name.startswith("lvis_"):
+        # detectron2's LVIS sets take each image's folder (train2017 or val2017) from its coco_url
+        image_dirs = [os.path.join(image_root, "train2017"), os.path.join(image_root, "val2017")]
+    missing += [d for d in image_dirs if not os.path.isdir(d)]
+    if not missing:
+        return
+    where = ""
+    if name.startswith("lvis_"):
+        where = (
+            f" Put the LVIS annotations at {_datasets_root()}/lvis/lvis_v1_{{train,val}}.json and the "
+            "COCO 2017 images in $DETECTRON2_DATASETS/coco/{train2017,val2017}, or point "
+            "DETECTRON2_DATASETS at the folder that holds lvis/ and coco/."
+        )
+    elif name.startswith("coco_"):
+        where = (
+            f" Put COCO 2017 at {_datasets_root()}/coco/ (annotations/, train2017/, val2017/), or point "
+            "DETECTRON2_DATASETS at the folder that holds coco/."
+        )
+    raise ConfigError(f"Dataset '{name}' is missing {', '.join(missing)}.{where}")
+
+
+def _check_num_classes(name: str, num_classes: int) -> None:
+    metadata = MetadataCatalog.get(name)
+    classes = metadata.get("thing_classes")
+    if classes is None:
+        DatasetCatalog.get(name)  # custom loaders name their classes when they load
+        classes = metadata.get("thing_classes")
+    if classes is not None and len(classes) != num_classes:
+        raise ConfigError(
+            f"MODEL.RETINANET.NUM_CLASSES is {num_classes} but dataset '{name}' has {len(classes)} "
+            f"categories: set MODEL.RETINANET.NUM_CLASSES {len(classes)}"
+        )
+
+
+def _check_weights(weights: str) -> None:
+    if not weights:
+        raise ConfigError("--eval-only needs the weights to evaluate: add MODEL.WEIGHTS /path/to/model.pth")
+    if "://" not in weights and not os.path.isfile(weights):
+        raise ConfigError(f"MODEL.WEIGHTS file not found: {weights}")

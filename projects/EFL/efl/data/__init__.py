@@ -1,0 +1,39 @@
+"""
+Datasets of the EFL project. Importing this package registers the synthetic long-tailed LVIS sets
+(nothing is generated until a dataset is first loaded):
+
+- ``efl_synth_lt_train`` / ``efl_synth_lt_val``: DEMO_SPEC, 36 classes, 1000 / 200 images.
+- ``efl_synth_test_train`` / ``efl_synth_test_val``: TEST_SPEC, 8 classes, for fast tests.
+"""
+from .synthetic_lvis import (
+    CLASS_NAMES,
+    DEMO_SPEC,
+    GENERATOR_VERSION,
+    TEST_SPEC,
+    SyntheticLVISSpec,
+    ensure_generated,
+    ensure_synthetic_lvis,
+    frequency_group,
+    generate_synthetic_lvis,
+    register_synthetic_lvis,
+    synthetic_root,
+    synthetic_spec_of,
+)
+
+__all__ = [
+    "CLASS_NAMES",
+    "DEMO_SPEC",
+    "GENERATOR_VERSION",
+    "TEST_SPEC",
+    "SyntheticLVISSpec",
+    "ensure_generated",
+    "ensure_synthetic_lvis",
+    "frequency_group",
+    "generate_synthetic_lvis",
+    "register_synthetic_lvis",
+    "synthetic_root",
+    "synthetic_spec_of",
+]
+
+register_synthetic_lvis("efl_synth_lt", DEMO_SPEC)
+register_synthetic_lvis("efl_synth_test", TEST_SPEC)

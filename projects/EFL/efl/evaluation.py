@@ -1,0 +1,73 @@
+"""Evaluators for LVIS- and COCO-type datasets, as this project's Trainer builds them."""
+import contextlib
+import json
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.evaluation import LVISEvaluator as _D2LVISEvaluator
+from detectron2.utils import comm
+
+from .data import ensure_generated
+
+__all__ = ["LVISEvaluator", "build_evaluator", "numpy_float_alias"]
+
+
+@contextlib.contextmanager
+def numpy_float_alias() -> Iterator[None]:
+    """
+    Provide ``np.float`` (removed in numpy 1.24) for the duration of the block.
+
+    lvis 0.5.3, the official LVIS API and its last release, still calls ``np.float`` in
+    ``LVISEval.accumulate``. The alias lives only while an evaluation runs, so the rest of the program keeps
+    numpy's real namespace.
+    """
+    if hasattr(np, "float"):
+        yield
+        return
+    np.float = float
+    try:
+        yield
+    finally:
+        del np.float
+
+
+class LVISEvaluator(_D2LVISEvaluator):
+    """
+    detectron2's LVISEvaluator, runnable on numpy >= 1.24, which also writes its metrics to
+    ``<output_dir>/results.json`` for tools that compare runs.
+    """
+
+    def evaluate(self):
+        with numpy_float_alias():
+            results = super().evaluate()
+        if results and self._output_dir and comm.is_main_process():
+            with open(os.path.join(self._output_dir, "results.json"), "w") as f:
+                json.dump(results, f, indent=2)
+        return results
+
+
+def build_evaluator(
+    cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+) -> DatasetEvaluator:
+    """
+    LVISEvaluator for LVIS-type datasets, COCOEvaluator for COCO-type ones, both keeping up to
+    ``TEST.DETECTIONS_PER_IMAGE`` detections per image. Output goes to ``OUTPUT_DIR/inference/<dataset>``.
+    """
+    ensure_generated(dataset_name)  # evaluators read the annotations as they are built
+    if output_folder is None:
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
+    max_dets = cfg.TEST.DETECTIONS_PER_IMAGE
+    if evaluator_type == "lvis":
+        return LVISEvaluator(dataset_name, output_dir=output_folder, max_dets_per_image=max_dets)
+    if evaluator_type == "coco":
+        return COCOEvaluator(dataset_name, output_dir=output_folder, max_dets_per_image=max_dets)
+    raise ValueError(
+        f"No evaluator for dataset '{dataset_name}' (evaluator_type {evaluator_type!r}): this project "
+        "evaluates LVIS- and COCO-type datasets. Register it with evaluator_type 'lvis' or 'coco'."
+    )

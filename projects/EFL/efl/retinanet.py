@@ -1,0 +1,137 @@
+"""EFLRetinaNet: detectron2's RetinaNet with Equalized Focal Loss as its classification loss."""
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.layers import cat
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.box_regression import _dense_box_regression_loss
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from detectron2.structures import Boxes
+from detectron2.utils.events import EventStorage, get_event_storage
+
+from .loss import EqualizedFocalLoss
+
+__all__ = ["EFLRetinaNet", "lvis_frequency_groups"]
+
+FREQUENCY_GROUPS = ("rare", "common", "frequent")
+
+
+def lvis_frequency_groups(dataset_name: str, num_classes: int) -> Optional[List[int]]:
+    """
+    LVIS frequency group of each contiguous class id (0 rare: <= 10 training images, 1 common: 11-100,
+    2 frequent: > 100), from the dataset's ``class_image_count`` metadata; None when it has none.
+    """
+    metadata = MetadataCatalog.get(dataset_name)
+    counts = metadata.get("class_image_count")
+    if counts is None:
+        return None
+    if len(counts) != num_classes:
+        raise ValueError(
+            f"Dataset '{dataset_name}' has {len(counts)} categories but MODEL.RETINANET.NUM_CLASSES is "
+            f"{num_classes}: set NUM_CLASSES to {len(counts)}"
+        )
+    id_map = metadata.get("thing_dataset_id_to_contiguous_id") or {c["id"]: c["id"] - 1 for c in counts}
+    groups = [0] * num_classes
+    for c in counts:
+        n = c["image_count"]
+        groups[id_map[c["id"]]] = 0 if n <= 10 else (1 if n <= 100 else 2)
+    return groups
+
+
+@META_ARCH_REGISTRY.register()
+class EFLRetinaNet(RetinaNet):
+    """
+    RetinaNet whose classification term is :class:`EqualizedFocalLoss`. Box regression, anchor labelling and
+    the loss normaliser are RetinaNet's. The EFL statistics are buffers of ``self.cls_loss`` and are saved
+    with the model.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        efl_gamma_b: float = 2.0,
+        efl_scale: float = 8.0,
+        efl_alpha: float = 0.25,
+        frequency_groups: Optional[Sequence[int]] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            efl_gamma_b, efl_scale, efl_alpha: EFL's gamma_b, s and alpha.
+            frequency_groups: optional (C,) LVIS frequency group of each class (0 rare, 1 common,
+                2 frequent); when given, the mean focusing factor of each group is logged while training.
+            kwargs: arguments of :class:`RetinaNet`.
+        """
+        super().__init__(**kwargs)
+        self.cls_loss = EqualizedFocalLoss(self.num_classes, efl_gamma_b, efl_scale, efl_alpha)
+        groups = None if frequency_groups is None else torch.as_tensor(frequency_groups)
+        self.register_buffer("frequency_groups", groups, persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        ret.update(
+            efl_gamma_b=cfg.MODEL.EFL.GAMMA_B,
+            efl_scale=cfg.MODEL.EFL.SCALE,
+            efl_alpha=cfg.MODEL.EFL.ALPHA,
+        )
+        if cfg.DATASETS.TRAIN:
+            ret["frequency_groups"] = lvis_frequency_groups(
+                cfg.DATASETS.TRAIN[0], cfg.MODEL.RETINANET.NUM_CLASSES
+            )
+        return ret
+
+    def losses(
+        self,
+        anchors: List[Boxes],
+        pred_logits: List[Tensor],
+        gt_labels: List[Tensor],
+        pred_anchor_deltas: List[Tensor],
+        gt_boxes: List[Tensor],
+    ) -> Dict[str, Tensor]:
+        """
+        Args and returns as :meth:`RetinaNet.losses`: ``pred_logits`` are per-level (N, Hi*Wi*A, C) and
+        ``gt_labels`` per-image (R,) in {-1 ignore, 0..C-1, C background}. The label vector goes to EFL as
+        is: each logit row is the anchor of the same index, so every gradient is credited to its own
+        (anchor, class) cell for any number of anchors per location.
+        """
+        num_images = len(gt_labels)
+        gt_labels = torch.stack(gt_labels)  # (N, R)
+        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        num_pos_anchors = pos_mask.sum().item()
+        storage = get_event_storage()
+        storage.put_scalar("num_pos_anchors", num_pos_anchors / num_images)
+        normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 100)
+        self._put_focusing_factors(storage)
+
+        loss_cls = self.cls_loss(
+            cat(pred_logits, dim=1).flatten(0, 1), gt_labels.flatten(), normalizer
+        )
+        loss_box_reg = _dense_box_regression_loss(
+            anchors,
+            self.box2box_transform,
+            pred_anchor_deltas,
+            gt_boxes,
+            pos_mask,
+            box_reg_loss_type=self.box_reg_loss_type,
+            smooth_l1_beta=self.smooth_l1_beta,
+        )
+        return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
+
+    def _put_focusing_factors(self, storage: EventStorage) -> None:
+        """Log the mean gamma_j of this step, over all classes and per LVIS frequency group."""
+        gamma = self.cls_loss.focusing_factors()
+        means = gamma.mean().unsqueeze(0)
+        if self.frequency_groups is not None:
+            sums = gamma.new_zeros(3).index_add_(0, self.frequency_groups, gamma)
+            sizes = torch.bincount(self.frequency_groups, minlength=3)
+            means = torch.cat((means, sums / sizes))  # an empty group gives nan: not logged below
+        names = ("efl/gamma_mean",) + tuple(f"efl/gamma_{g}" for g in FREQUENCY_GROUPS)
+        values = {n: v for n, v in zip(names, means.tolist()) if math.isfinite(v)}
+        storage.put_scalars(**values, smoothing_hint=False)

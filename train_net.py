@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""
+Train and evaluate EFL (and focal-loss baseline) detectors with detectron2.
+
+    python train_net.py --config-file configs/LVISv1/retinanet_R_50_FPN_24ep_efl.yaml --num-gpus 8
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS model_final.pth
+    python train_net.py --config-file ... --resume
+"""
+import logging
+import sys
+import weakref
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    launch,
+)
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from efl import ConfigError, add_efl_config, build_evaluator, check_config
+
+
+class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__, except that DistributedDataParallel gets device_ids only on GPUs:
+        # DDP refuses device_ids for a model on the CPU, which is how CPU (gloo) training runs.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        model = create_ddp_model(
+            model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_gpu else None
+        )
+        trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_class(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def build_config(args):
+    cfg = get_cfg()
+    add_efl_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    return cfg
+
+
+def setup(args):
+    cfg = build_config(args)
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    check_config(cfg, eval_only=args.eval_only)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    try:
+        # Once, before any process starts: bad data paths or settings stop here with a message.
+        check_config(build_config(args), eval_only=args.eval_only)
+    except ConfigError as e:
+        sys.exit(f"train_net.py: error: {e}")
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
