@@ -4,29 +4,8 @@ import torch
 from fvcore.nn import sigmoid_focal_loss
 
 from efl import EqualizedFocalLoss
-from efl import loss as efl_loss
-
-
-def reference_efl(logits, labels, pos_neg, gamma_b=2.0, scale=8.0, alpha=0.25, normalizer=1.0):
-    """
-    EFL written term by term in float64 with a dense target, its gradient by autograd, and the per-class
-    sums of |gradient| over positive and negative cells. Returns (loss, grad, pos_sum, neg_sum).
-    """
-    z = logits.detach().double().requires_grad_()
-    num_classes = z.shape[1]
-    valid = labels >= 0
-    fg = valid & (labels < num_classes)
-    y = torch.zeros_like(z)
-    y[fg.nonzero().squeeze(1), labels[fg]] = 1.0
-    gamma = gamma_b + scale * (1.0 - pos_neg.double())
-    p = torch.sigmoid(z)
-    p_t = torch.where(y > 0, p, 1 - p)
-    alpha_t = torch.where(y > 0, alpha, 1 - alpha)
-    cells = alpha_t * (gamma / gamma_b) * (1 - p_t) ** gamma * -torch.log(p_t)
-    loss = cells[valid].sum() / normalizer
-    (grad,) = torch.autograd.grad(loss, z)
-    magnitude = grad.abs() * valid[:, None]
-    return loss.detach(), grad, (magnitude * y).sum(0), (magnitude * (1 - y)).sum(0)
+from efl.kernels import torch_efl
+from oracle import reference_efl
 
 
 def random_problem(num_rows=300, num_classes=7, seed=0, scale=3.0):
@@ -175,7 +154,7 @@ def test_rows_split_over_chunks_give_the_same_result(monkeypatch):
     logits, labels = random_problem(num_rows=1000, seed=5)
     whole = EqualizedFocalLoss(7).train()
     loss, grad = run(whole, logits, labels)
-    monkeypatch.setattr(efl_loss, "_CHUNK_CELLS", 7 * 33)
+    monkeypatch.setattr(torch_efl, "CHUNK_CELLS", 7 * 33)
     chunked = EqualizedFocalLoss(7).train()
     chunked_loss, chunked_grad = run(chunked, logits, labels)
     torch.testing.assert_close(chunked_loss, loss)

@@ -14,3 +14,6 @@ def add_efl_config(cfg: CN) -> None:
     cfg.MODEL.EFL.SCALE = 8.0
     # alpha: the weight of positive cells (1 - alpha for negative ones), as in focal loss
     cfg.MODEL.EFL.ALPHA = 0.25
+    # which code computes it: "auto" (Triton on CUDA, chunked PyTorch elsewhere), "triton", "torch", or
+    # "reference" (term by term, for debugging); $EFL_IMPLEMENTATION overrides it
+    cfg.MODEL.EFL.IMPLEMENTATION = "auto"

@@ -13,17 +13,22 @@ to the magnitude it has received on its negative cells, accumulated since traini
 few positives has a small g_j, hence a larger focusing factor (easy negatives are down-weighted harder) and a
 larger weight. With g = 1 everywhere, EFL is the sigmoid focal loss.
 """
-from typing import Callable, Optional, Tuple
+import functools
+import os
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["EqualizedFocalLoss", "check_efl_hyperparameters"]
+from .kernels.reference import efl_reference
+from .kernels.torch_efl import efl_torch
 
-# Cells per chunk of the row loop: bounds every float32 temporary to 4 MB whatever the number of anchors.
-_CHUNK_CELLS = 1 << 20
+__all__ = ["EqualizedFocalLoss", "check_efl_hyperparameters", "IMPLEMENTATIONS"]
+
+# "auto": Triton on CUDA when it imports, else chunked PyTorch. The environment variable EFL_IMPLEMENTATION
+# overrides the choice made in code or config, e.g. to force the reference path while debugging.
+IMPLEMENTATIONS = ("auto", "triton", "torch", "reference")
 
 StatisticsSink = Callable[[Tensor, Tensor], None]
 
@@ -38,121 +43,94 @@ def check_efl_hyperparameters(gamma_b: float, scale: float, alpha: float) -> Non
         raise ValueError(f"MODEL.EFL.ALPHA (alpha) must be in [0, 1], got {alpha}")
 
 
-def _efl_rows(
-    x: Tensor, labels: Tensor, gamma: Tensor, w_pos: Tensor, w_neg: Tensor, want_grad: bool
-) -> Tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
-    """
-    EFL of a block of rows, and optionally its gradient and per-class sums of |gradient|.
+@functools.lru_cache(maxsize=None)
+def _triton_available() -> bool:
+    try:
+        from .kernels import triton_efl  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    Every cell is first treated as a negative, densely; the one positive cell of each foreground row is then
-    corrected through (row, class) indices, so no one-hot target is ever built.
 
-    Args:
-        x: (r, C) float32 logits.
-        labels: (r,) int, in [-1, C].
-        gamma: (C,) focusing factors.
-        w_pos, w_neg: (C,) alpha * weight / normalizer and (1 - alpha) * weight / normalizer.
-        want_grad: compute the gradient and the statistics.
-
-    Returns:
-        loss (scalar), grad (r, C) float32 or None, pos_sum (C,), neg_sum (C,).
-    """
-    num_classes = x.shape[1]
-    valid = labels >= 0
-    pos_rows = (valid & (labels < num_classes)).nonzero().squeeze(1)
-    pos_cls = labels[pos_rows]
-
-    # Negative cells: (1 - alpha) w p^gamma * (-log(1 - p)), with -log(1 - p) = softplus(z).
-    p = torch.sigmoid(x)
-    nlog_q = F.softplus(x)
-    t = p.pow(gamma).mul_(w_neg)
-    cell = t * nlog_q
-    neg_at_pos = cell[pos_rows, pos_cls]
-    loss = cell.sum(dim=1).mul_(valid).sum()
-
-    # Positive cells: alpha w (1 - p)^gamma * (-log p), with -log p = softplus(-z).
-    xp = x[pos_rows, pos_cls]
-    gp = gamma[pos_cls]
-    qp = torch.sigmoid(-xp)
-    nlog_pp = F.softplus(-xp)
-    fp = qp.pow(gp).mul_(w_pos[pos_cls])
-    loss = loss + (fp * nlog_pp).sum() - neg_at_pos.sum()
-
-    pos_sum = x.new_zeros(num_classes)
-    neg_sum = x.new_zeros(num_classes)
-    if not want_grad:
-        return loss, None, pos_sum, neg_sum
-
-    # d/dz of the negative term: w' p^gamma (gamma (1 - p) softplus(z) + p), always >= 0.
-    grad = torch.neg(p, out=cell).add_(1.0).mul_(nlog_q).mul_(gamma).add_(p).mul_(t)
-    ignored = (~valid).nonzero().squeeze(1)
-    grad.index_fill_(0, ignored, 0.0)
-    neg_sum += grad.sum(dim=0)
-    neg_sum.index_add_(0, pos_cls, grad[pos_rows, pos_cls], alpha=-1.0)
-    # d/dz of the positive term: -w' (1 - p)^gamma (gamma p (-log p) + 1 - p), always <= 0.
-    grad_pos = fp.mul_(gp * (1.0 - qp) * nlog_pp + qp).neg_()
-    grad[pos_rows, pos_cls] = grad_pos
-    pos_sum.index_add_(0, pos_cls, grad_pos.abs())
-    return loss, grad, pos_sum, neg_sum
+def _resolve_implementation(requested: str, device: torch.device) -> str:
+    implementation = os.environ.get("EFL_IMPLEMENTATION", requested)
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"EFL implementation must be one of {', '.join(IMPLEMENTATIONS)} (MODEL.EFL.IMPLEMENTATION or "
+            f"$EFL_IMPLEMENTATION), got {implementation!r}"
+        )
+    if implementation == "auto":
+        return "triton" if device.type == "cuda" and _triton_available() else "torch"
+    if implementation == "triton":
+        if not _triton_available():
+            raise ValueError("EFL implementation 'triton' needs the triton package, which does not import here")
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("EFL implementation 'triton' needs CUDA tensors (or TRITON_INTERPRET=1)")
+    return implementation
 
 
 class _EqualizedFocalLossFunction(torch.autograd.Function):
     """
-    One pass over the logits computes the loss, its gradient and the per-class statistics; backward only
-    scales the stored gradient and commits the statistics. The statistics are taken from the loss's own
-    gradient, before ``grad_output``, so loss weights and AMP's loss scale never reach them.
+    EFL over per-level dense logits, with the statistics taken from the loss's own gradient, before
+    ``grad_output``: loss weights and AMP's loss scale never reach them.
+
+    - "triton": forward reads the logits once for the loss; backward reads them again and writes the gradient
+      and the per-class statistics in the same pass. Nothing (anchors x classes) is kept in between.
+    - "torch" / "reference": forward computes loss, gradient and statistics together (cheaper on the CPU than
+      computing twice); backward scales the stored gradient in place.
     """
 
     @staticmethod
     def forward(
         ctx,
-        logits: Tensor,
         labels: Tensor,
         gamma: Tensor,
-        weight: Tensor,
-        alpha: float,
-        normalizer: float,
+        w_pos: Tensor,
+        w_neg: Tensor,
+        num_anchors: int,
+        implementation: str,
         sink: Optional[StatisticsSink],
+        *levels: Tensor,
     ) -> Tensor:
-        num_rows, num_classes = logits.shape
-        want_grad = ctx.needs_input_grad[0]
-        w_pos = weight * (alpha / normalizer)
-        w_neg = weight * ((1.0 - alpha) / normalizer)
-
-        loss = logits.new_zeros((), dtype=torch.float32)
-        grad = torch.empty_like(logits) if want_grad else None
-        pos_sum = logits.new_zeros(num_classes, dtype=torch.float32)
-        neg_sum = logits.new_zeros(num_classes, dtype=torch.float32)
-        rows = max(1, _CHUNK_CELLS // num_classes)
-        for start in range(0, num_rows, rows):
-            block = slice(start, start + rows)
-            l, g, ps, ns = _efl_rows(
-                logits[block].float(), labels[block], gamma, w_pos, w_neg, want_grad
-            )
-            loss += l
-            if want_grad:
-                grad[block] = g
-                pos_sum += ps
-                neg_sum += ns
-
-        ctx.grad = grad
+        want_grad = any(ctx.needs_input_grad[7:])
+        ctx.implementation = implementation
+        ctx.num_anchors = num_anchors
         ctx.sink = sink
+        if implementation == "triton":
+            from .kernels.triton_efl import efl_loss_triton
+
+            if want_grad:
+                ctx.save_for_backward(labels, gamma, w_pos, w_neg, *levels)
+            return efl_loss_triton(levels, labels, gamma, w_pos, w_neg, num_anchors)
+        compute = efl_reference if implementation == "reference" else efl_torch
+        loss, grads, pos_sum, neg_sum = compute(levels, labels, gamma, w_pos, w_neg, num_anchors, want_grad)
+        ctx.grads = grads
         ctx.statistics = (pos_sum, neg_sum)
         return loss
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
-        grad = ctx.grad
-        if grad is None:
-            raise RuntimeError(
-                "EqualizedFocalLoss: backward ran twice through the same call (retain_graph); "
-                "its gradient buffer is handed over on the first backward. Call the loss again instead."
+        if ctx.implementation == "triton":
+            from .kernels.triton_efl import efl_grad_triton
+
+            labels, gamma, w_pos, w_neg, *levels = ctx.saved_tensors
+            grads, pos_sum, neg_sum = efl_grad_triton(
+                levels, labels, gamma, w_pos, w_neg, ctx.num_anchors, grad_output
             )
-        ctx.grad = None
+        else:
+            grads = ctx.grads
+            if grads is None:
+                raise RuntimeError(
+                    "EqualizedFocalLoss: backward ran twice through the same call (retain_graph); its "
+                    "gradient buffer is handed over on the first backward. Call the loss again instead."
+                )
+            ctx.grads = None
+            pos_sum, neg_sum = ctx.statistics
+            for grad in grads:
+                grad.mul_(grad_output)
         if ctx.sink is not None:
-            ctx.sink(*ctx.statistics)
-        grad.mul_(grad_output)
-        return grad, None, None, None, None, None, None
+            ctx.sink(pos_sum, neg_sum)
+        return (None,) * 7 + tuple(grads)
 
 
 class EqualizedFocalLoss(nn.Module):
@@ -168,23 +146,42 @@ class EqualizedFocalLoss(nn.Module):
     summed over all processes (when torch.distributed is initialised) before they are added.
     """
 
-    def __init__(self, num_classes: int, gamma_b: float = 2.0, scale: float = 8.0, alpha: float = 0.25):
+    def __init__(
+        self,
+        num_classes: int,
+        gamma_b: float = 2.0,
+        scale: float = 8.0,
+        alpha: float = 0.25,
+        implementation: str = "auto",
+    ):
+        """
+        Args:
+            num_classes: C.
+            gamma_b, scale, alpha: EFL's gamma_b, s and alpha.
+            implementation: one of IMPLEMENTATIONS; "auto" picks Triton for CUDA tensors and chunked PyTorch
+                otherwise. $EFL_IMPLEMENTATION overrides it.
+        """
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"EqualizedFocalLoss needs num_classes >= 1, got {num_classes}")
         check_efl_hyperparameters(gamma_b, scale, alpha)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"MODEL.EFL.IMPLEMENTATION must be one of {', '.join(IMPLEMENTATIONS)}, got {implementation!r}"
+            )
         self.num_classes = num_classes
         self.gamma_b = float(gamma_b)
         self.scale = float(scale)
         self.alpha = float(alpha)
+        self.implementation = implementation
         self.register_buffer("pos_grad", torch.zeros(num_classes))
         self.register_buffer("neg_grad", torch.zeros(num_classes))
         self.register_buffer("pos_neg", torch.ones(num_classes))
 
     def extra_repr(self) -> str:
         return (
-            f"num_classes={self.num_classes}, gamma_b={self.gamma_b}, "
-            f"scale={self.scale}, alpha={self.alpha}"
+            f"num_classes={self.num_classes}, gamma_b={self.gamma_b}, scale={self.scale}, "
+            f"alpha={self.alpha}, implementation={self.implementation}"
         )
 
     def focusing_factors(self) -> Tensor:
@@ -202,33 +199,67 @@ class EqualizedFocalLoss(nn.Module):
         Returns:
             Scalar float32 tensor: sum over non-ignored anchors and all classes of EFL, / normalizer.
         """
-        self._check_inputs(logits, gt_labels, normalizer)
-        gamma = self.focusing_factors()
-        weight = gamma / self.gamma_b
-        track = self.training and torch.is_grad_enabled() and logits.requires_grad
-        return _EqualizedFocalLossFunction.apply(
-            logits,
-            gt_labels,
-            gamma,
-            weight,
-            self.alpha,
-            float(normalizer),
-            self._accumulate if track else None,
-        )
-
-    def _check_inputs(self, logits: Tensor, gt_labels: Tensor, normalizer: float) -> None:
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(
                 f"EqualizedFocalLoss expects logits of shape (R, {self.num_classes}), got "
                 f"{tuple(logits.shape)}: the number of classes must match MODEL.RETINANET.NUM_CLASSES"
             )
-        if not logits.is_floating_point():
-            raise ValueError(f"EqualizedFocalLoss expects floating-point logits, got {logits.dtype}")
         if gt_labels.shape != logits.shape[:1]:
             raise ValueError(
                 f"gt_labels must have shape ({logits.shape[0]},) to match the logits, "
                 f"got {tuple(gt_labels.shape)}"
             )
+        # (R, C) is the one-level, one-anchor case of a dense head's (N, A*C, H, W) output: (1, C, R, 1).
+        return self._loss([logits.t()[None, :, :, None]], gt_labels[None], 1, normalizer)
+
+    def forward_dense(self, level_logits: Sequence[Tensor], gt_labels: Tensor, normalizer: float = 1.0) -> Tensor:
+        """
+        The same loss read straight from a dense head's outputs, without permuting or concatenating them.
+
+        Args:
+            level_logits: per-level (N, A*C, Hi, Wi) logits, channel a*C + c for class c of anchor a.
+            gt_labels: (N, R) labels as in :meth:`forward`, R = sum of Hi*Wi*A, each image's anchors in
+                (level, y, x, anchor) order, which is the order of detectron2's anchor generator.
+            normalizer: as in :meth:`forward`.
+        """
+        channels = {x.shape[1] for x in level_logits}
+        if len(channels) != 1 or next(iter(channels)) % self.num_classes or any(x.dim() != 4 for x in level_logits):
+            raise ValueError(
+                f"forward_dense expects (N, A*{self.num_classes}, H, W) logits with the same A on every level, "
+                f"got shapes {[tuple(x.shape) for x in level_logits]}: the number of classes must match "
+                "MODEL.RETINANET.NUM_CLASSES"
+            )
+        num_anchors = next(iter(channels)) // self.num_classes
+        num_rows = sum(x.shape[2] * x.shape[3] * num_anchors for x in level_logits)
+        if gt_labels.shape != (level_logits[0].shape[0], num_rows):
+            raise ValueError(
+                f"gt_labels must have shape ({level_logits[0].shape[0]}, {num_rows}) to match the logits, "
+                f"got {tuple(gt_labels.shape)}"
+            )
+        return self._loss(level_logits, gt_labels, num_anchors, normalizer)
+
+    def _loss(self, levels: List[Tensor], gt_labels: Tensor, num_anchors: int, normalizer: float) -> Tensor:
+        self._check_values(levels[0], gt_labels, normalizer)
+        gamma = self.focusing_factors()
+        weight = gamma / self.gamma_b
+        w_pos = weight * (self.alpha / normalizer)
+        w_neg = weight * ((1.0 - self.alpha) / normalizer)
+        implementation = _resolve_implementation(self.implementation, levels[0].device)
+        track = self.training and torch.is_grad_enabled() and any(x.requires_grad for x in levels)
+        return _EqualizedFocalLossFunction.apply(
+            gt_labels,
+            gamma,
+            w_pos,
+            w_neg,
+            num_anchors,
+            implementation,
+            self._accumulate if track else None,
+            *levels,
+        )
+
+    def _check_values(self, logits: Tensor, gt_labels: Tensor, normalizer: float) -> None:
+        if not logits.is_floating_point():
+            raise ValueError(f"EqualizedFocalLoss expects floating-point logits, got {logits.dtype}")
         if gt_labels.is_floating_point() or gt_labels.dtype == torch.bool:
             raise ValueError(f"gt_labels must be an integer tensor, got {gt_labels.dtype}")
         if not normalizer > 0:

@@ -7,7 +7,6 @@ from torch import Tensor
 
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
@@ -58,18 +57,22 @@ class EFLRetinaNet(RetinaNet):
         efl_gamma_b: float = 2.0,
         efl_scale: float = 8.0,
         efl_alpha: float = 0.25,
+        efl_implementation: str = "auto",
         frequency_groups: Optional[Sequence[int]] = None,
         **kwargs,
     ):
         """
         Args:
             efl_gamma_b, efl_scale, efl_alpha: EFL's gamma_b, s and alpha.
+            efl_implementation: which EFL code path runs (see :class:`EqualizedFocalLoss`).
             frequency_groups: optional (C,) LVIS frequency group of each class (0 rare, 1 common,
                 2 frequent); when given, the mean focusing factor of each group is logged while training.
             kwargs: arguments of :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
-        self.cls_loss = EqualizedFocalLoss(self.num_classes, efl_gamma_b, efl_scale, efl_alpha)
+        self.cls_loss = EqualizedFocalLoss(
+            self.num_classes, efl_gamma_b, efl_scale, efl_alpha, implementation=efl_implementation
+        )
         groups = None if frequency_groups is None else torch.as_tensor(frequency_groups)
         self.register_buffer("frequency_groups", groups, persistent=False)
 
@@ -80,12 +83,22 @@ class EFLRetinaNet(RetinaNet):
             efl_gamma_b=cfg.MODEL.EFL.GAMMA_B,
             efl_scale=cfg.MODEL.EFL.SCALE,
             efl_alpha=cfg.MODEL.EFL.ALPHA,
+            efl_implementation=cfg.MODEL.EFL.IMPLEMENTATION,
         )
         if cfg.DATASETS.TRAIN:
             ret["frequency_groups"] = lvis_frequency_groups(
                 cfg.DATASETS.TRAIN[0], cfg.MODEL.RETINANET.NUM_CLASSES
             )
         return ret
+
+    def forward_training(self, images, features, predictions, gt_instances):
+        # Only the box deltas are transposed to (N, Hi*Wi*A, 4): EFL reads the classification logits in the
+        # head's own (N, A*C, Hi, Wi) layout, which saves copying (anchors x classes) tensors.
+        pred_logits, pred_anchor_deltas = predictions
+        (pred_anchor_deltas,) = self._transpose_dense_predictions([pred_anchor_deltas], [4])
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        return self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
 
     def losses(
         self,
@@ -96,10 +109,15 @@ class EFLRetinaNet(RetinaNet):
         gt_boxes: List[Tensor],
     ) -> Dict[str, Tensor]:
         """
-        Args and returns as :meth:`RetinaNet.losses`: ``pred_logits`` are per-level (N, Hi*Wi*A, C) and
-        ``gt_labels`` per-image (R,) in {-1 ignore, 0..C-1, C background}. The label vector goes to EFL as
-        is: each logit row is the anchor of the same index, so every gradient is credited to its own
-        (anchor, class) cell for any number of anchors per location.
+        Args:
+            anchors, gt_labels, pred_anchor_deltas, gt_boxes: as in :meth:`RetinaNet.losses`; ``gt_labels`` are
+                per-image (R,) in {-1 ignore, 0..C-1, C background}, in the anchor generator's order.
+            pred_logits: per-level (N, A*C, Hi, Wi) head outputs, untransposed. EFL pairs the logit of
+                channel a*C + c at (y, x) with anchor (y, x, a)'s label, so every gradient is credited to its
+                own (anchor, class) cell for any number of anchors per location.
+
+        Returns:
+            dict with "loss_cls" (EFL) and "loss_box_reg" (RetinaNet's), both divided by RetinaNet's normaliser.
         """
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)  # (N, R)
@@ -110,9 +128,7 @@ class EFLRetinaNet(RetinaNet):
         normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 100)
         self._put_focusing_factors(storage)
 
-        loss_cls = self.cls_loss(
-            cat(pred_logits, dim=1).flatten(0, 1), gt_labels.flatten(), normalizer
-        )
+        loss_cls = self.cls_loss.forward_dense(pred_logits, gt_labels, normalizer)
         loss_box_reg = _dense_box_regression_loss(
             anchors,
             self.box2box_transform,

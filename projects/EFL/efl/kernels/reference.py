@@ -1,0 +1,48 @@
+"""
+EFL written term by term, differentiated by autograd: the slow, obvious path to compare the fast ones with
+(``MODEL.EFL.IMPLEMENTATION reference`` or ``EFL_IMPLEMENTATION=reference``). It builds the dense one-hot
+target and several (R, C) temporaries, which is what the fast paths avoid.
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["efl_reference"]
+
+
+def efl_reference(
+    levels: Sequence[Tensor],
+    labels: Tensor,
+    gamma: Tensor,
+    w_pos: Tensor,
+    w_neg: Tensor,
+    num_anchors: int,
+    want_grad: bool,
+) -> Tuple[Tensor, List[Tensor], Tensor, Tensor]:
+    """Same arguments and results as :func:`efl.kernels.torch_efl.efl_torch`."""
+    num_classes = gamma.numel()
+
+    def as_rows(t: Tensor) -> Tensor:  # (N, A*C, H, W) -> (N, H*W*A, C): detectron2's anchor order
+        return t.view(t.shape[0], num_anchors, num_classes, -1).permute(0, 3, 1, 2).flatten(1, 2)
+
+    with torch.enable_grad():
+        leaves = [x.detach().float().requires_grad_() for x in levels]
+        logits = torch.cat([as_rows(x) for x in leaves], dim=1).reshape(-1, num_classes)
+        flat_labels = labels.reshape(-1)
+        valid = flat_labels >= 0
+        target = F.one_hot(flat_labels.clamp(min=0), num_classes + 1)[:, :num_classes].float()
+        target = target * valid[:, None]
+        p = torch.sigmoid(logits)
+        p_t = torch.where(target > 0, p, 1 - p)
+        coef = torch.where(target > 0, w_pos, w_neg)
+        nlog_p_t = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        loss = (coef * (1 - p_t) ** gamma * nlog_p_t * valid[:, None]).sum()
+        if not want_grad:
+            return loss.detach(), [], gamma.new_zeros(num_classes), gamma.new_zeros(num_classes)
+        grads = torch.autograd.grad(loss, leaves)
+    magnitude = torch.cat([as_rows(g) for g in grads], dim=1).reshape(-1, num_classes).abs()
+    pos_sum = (magnitude * target).sum(dim=0)
+    neg_sum = (magnitude * (1 - target) * valid[:, None]).sum(dim=0)
+    return loss.detach(), [g.to(x.dtype) for g, x in zip(grads, levels)], pos_sum, neg_sum

@@ -1,0 +1,129 @@
+"""
+EFL in chunked PyTorch: the path for the CPU (and for CUDA without Triton).
+
+One pass computes the loss, and when asked the gradient and the per-class sums of |gradient|, block by block,
+so the float32 temporaries stay a few MB whatever the number of anchors. Every cell is first treated as a
+negative, densely; the one positive cell of each foreground anchor is then corrected through indices, so no
+one-hot target is built. Inputs are a dense head's per-level (N, A*C, H, W) logits, read in place.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["efl_torch"]
+
+# Cells per block: bounds every float32 temporary to 4 MB.
+CHUNK_CELLS = 1 << 20
+
+
+def _efl_block(
+    x: Tensor, labels: Tensor, gamma: Tensor, w_pos: Tensor, w_neg: Tensor, want_grad: bool
+) -> Tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
+    """
+    Args:
+        x: (B, C, P) float32 logits: B (image, anchor) slots, C classes, P positions.
+        labels: (B, P) int labels in [-1, C].
+        gamma, w_pos, w_neg: (C, 1) focusing factors and weights (alpha_t * gamma_j / gamma_b / normalizer).
+
+    Returns:
+        loss (scalar), grad (B, C, P) or None, pos_sum (C,), neg_sum (C,).
+    """
+    num_classes = x.shape[1]
+    valid = labels >= 0
+    b, p = (valid & (labels < num_classes)).nonzero(as_tuple=True)
+    c = labels[b, p]
+
+    # Negative cells: (1 - alpha) w p^gamma * (-log(1 - p)), with -log(1 - p) = softplus(z).
+    prob = torch.sigmoid(x)
+    nlog_q = F.softplus(x)
+    t = prob.pow(gamma).mul_(w_neg)
+    cell = t * nlog_q
+    loss = cell.sum(dim=1).mul_(valid).sum() - cell[b, c, p].sum()
+
+    # Positive cells: alpha w (1 - p)^gamma * (-log p), with -log p = softplus(-z).
+    xp = x[b, c, p]
+    gp = gamma.view(-1)[c]
+    qp = torch.sigmoid(-xp)
+    nlog_pp = F.softplus(-xp)
+    fp = qp.pow(gp).mul_(w_pos.view(-1)[c])
+    loss = loss + (fp * nlog_pp).sum()
+
+    pos_sum = x.new_zeros(num_classes)
+    neg_sum = x.new_zeros(num_classes)
+    if not want_grad:
+        return loss, None, pos_sum, neg_sum
+
+    # d/dz of a negative term: w' p^gamma (gamma (1 - p) softplus(z) + p), always >= 0.
+    grad = torch.neg(prob, out=cell).add_(1.0).mul_(nlog_q).mul_(gamma).add_(prob).mul_(t)
+    ib, ip = (~valid).nonzero(as_tuple=True)
+    grad[ib, :, ip] = 0.0
+    neg_sum += grad.sum(dim=(0, 2))
+    neg_sum.index_add_(0, c, grad[b, c, p], alpha=-1.0)
+    # d/dz of a positive term: -w' (1 - p)^gamma (gamma p (-log p) + 1 - p), always <= 0.
+    grad_pos = fp.mul_(gp * (1.0 - qp) * nlog_pp + qp).neg_()
+    grad[b, c, p] = grad_pos
+    pos_sum.index_add_(0, c, grad_pos.abs())
+    return loss, grad, pos_sum, neg_sum
+
+
+def level_labels(labels: Tensor, offset: int, positions: int, num_anchors: int) -> Tensor:
+    """(N, R) labels in (position, anchor) order -> the (N*A, P) labels of one level's (image, anchor) slots."""
+    n = labels.shape[0]
+    block = labels[:, offset : offset + positions * num_anchors]
+    return block.reshape(n, positions, num_anchors).transpose(1, 2).reshape(n * num_anchors, positions)
+
+
+def efl_torch(
+    levels: Sequence[Tensor],
+    labels: Tensor,
+    gamma: Tensor,
+    w_pos: Tensor,
+    w_neg: Tensor,
+    num_anchors: int,
+    want_grad: bool,
+) -> Tuple[Tensor, Optional[List[Tensor]], Tensor, Tensor]:
+    """
+    Args:
+        levels: per-level (N, A*C, H, W) logits (a plain (R, C) matrix as its (1, C, R, 1) view), any float dtype.
+        labels: (N, R) int labels (-1 ignore, C background), R = sum of H*W*A over levels, rows in
+            (level, y, x, anchor) order.
+        gamma, w_pos, w_neg: (C,) float32 focusing factors and weights.
+        num_anchors: A.
+        want_grad: also compute dL/dlogits (per level, in the logits' dtype and layout) and the statistics.
+
+    Returns:
+        loss (scalar float32), grads or None, pos_sum (C,), neg_sum (C,).
+    """
+    num_classes = gamma.numel()
+    gamma, w_pos, w_neg = (v.view(-1, 1) for v in (gamma, w_pos, w_neg))
+    loss = gamma.new_zeros(())
+    pos_sum = gamma.new_zeros(num_classes)
+    neg_sum = gamma.new_zeros(num_classes)
+    grads = [] if want_grad else None
+    offset = 0
+    for x in levels:
+        n, _, h, w = x.shape
+        positions = h * w
+        slots = n * num_anchors
+        xv = x.reshape(slots, num_classes, positions)
+        lab = level_labels(labels, offset, positions, num_anchors)
+        offset += positions * num_anchors
+        if want_grad:
+            grad = torch.empty_like(x)
+            gv = grad.view(slots, num_classes, positions)
+        p_step = max(1, min(positions, CHUNK_CELLS // num_classes))
+        s_step = max(1, CHUNK_CELLS // (num_classes * p_step))
+        for s0 in range(0, slots, s_step):
+            for p0 in range(0, positions, p_step):
+                s, p = slice(s0, s0 + s_step), slice(p0, p0 + p_step)
+                block = _efl_block(xv[s, :, p].float(), lab[s, p], gamma, w_pos, w_neg, want_grad)
+                loss += block[0]
+                if want_grad:
+                    gv[s, :, p] = block[1]
+                    pos_sum += block[2]
+                    neg_sum += block[3]
+        if want_grad:
+            grads.append(grad)
+    return loss, grads, pos_sum, neg_sum

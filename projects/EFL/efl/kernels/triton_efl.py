@@ -1,0 +1,219 @@
+"""
+EFL on CUDA as Triton kernels that read a dense head's logits where they lie.
+
+Dense logits are given per level as (N, A*C, H, W) tensors, row (anchor) order (y, x, anchor) within an image,
+as detectron2 orders anchors; a plain (R, C) matrix is the one-level case (1, C, R, 1). A program covers
+BLOCK_C classes of one anchor slot over ITERS * BLOCK_P positions, so one pass reads each logit once:
+- forward: the loss only (per-program partial sums, added up on the host side: deterministic, no atomics);
+- backward: recomputes each cell, writes grad_output * dL/dz in the logits' dtype, and sums |dL/dz| per class
+  over positive and negative cells into per-program rows that are reduced afterwards.
+Arithmetic is float32 whatever the logits' dtype.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["efl_loss_triton", "efl_grad_triton"]
+
+
+@triton.jit
+def _log1p(e):
+    """log(1 + e) for e in [0, 1], accurate where 1 + e rounds to 1."""
+    u = 1.0 + e
+    return tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
+
+
+@triton.jit
+def _efl_cells(x, pos, gamma, w_pos, w_neg):
+    """
+    Loss and |dL/dz| of each cell. With z_t = z for a positive cell and -z for a negative one:
+    loss = w (1 - p_t)^gamma (-log p_t), |dL/dz| = w (1 - p_t)^gamma (gamma p_t (-log p_t) + 1 - p_t),
+    where (1 - p_t)^gamma = exp(-gamma softplus(z_t)); exp(-|z_t|) is the only exponential of z needed.
+    """
+    zt = tl.where(pos, x, -x)
+    e = tl.exp(-tl.abs(zt))
+    l = _log1p(e)
+    nlog_pt = l + tl.maximum(-zt, 0.0)
+    nlog_qt = l + tl.maximum(zt, 0.0)
+    r = 1.0 / (1.0 + e)
+    non_negative = zt >= 0
+    p_t = tl.where(non_negative, r, e * r)
+    q_t = tl.where(non_negative, e * r, r)
+    coef = tl.where(pos, w_pos, w_neg) * tl.exp(-gamma * nlog_qt)
+    return coef * nlog_pt, coef * (gamma * p_t * nlog_pt + q_t)
+
+
+@triton.jit
+def _efl_kernel(
+    x_ptr,
+    grad_ptr,
+    labels_ptr,
+    gamma_ptr,
+    w_pos_ptr,
+    w_neg_ptr,
+    grad_out_ptr,
+    loss_part_ptr,
+    pos_part_ptr,
+    neg_part_ptr,
+    C,
+    P,
+    A,
+    num_p_blocks,
+    stride_xn,
+    stride_xc,
+    stride_xp,
+    stride_ln,
+    label_offset,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    ITERS: tl.constexpr,
+    WITH_GRAD: tl.constexpr,
+):
+    pid_row = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    slot = pid_row // num_p_blocks  # (image, anchor) pair
+    p_block = pid_row % num_p_blocks
+    n = (slot // A).to(tl.int64)
+    a = slot % A
+
+    cls = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cls_in = cls < C
+    gamma = tl.load(gamma_ptr + cls, mask=cls_in, other=1.0)[:, None]
+    w_pos = tl.load(w_pos_ptr + cls, mask=cls_in, other=0.0)[:, None]
+    w_neg = tl.load(w_neg_ptr + cls, mask=cls_in, other=0.0)[:, None]
+    row_offsets = n * stride_xn + (a * C + cls).to(tl.int64)[:, None] * stride_xc
+    if WITH_GRAD:
+        grad_out = tl.load(grad_out_ptr).to(tl.float32)
+
+    loss_acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    pos_acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    neg_acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    for it in range(ITERS):
+        p = (p_block * ITERS + it) * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_in = p < P
+        label = tl.load(labels_ptr + n * stride_ln + label_offset + p * A + a, mask=p_in, other=-1)
+        in_bounds = cls_in[:, None] & p_in[None, :]
+        valid = in_bounds & (label >= 0)[None, :]
+        pos = label[None, :] == cls[:, None]
+        offsets = row_offsets + p.to(tl.int64)[None, :] * stride_xp
+        x = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(tl.float32)
+        loss, mag = _efl_cells(x, pos, gamma, w_pos, w_neg)
+        loss_acc += tl.where(valid, loss, 0.0)
+        if WITH_GRAD:
+            mag = tl.where(valid, mag, 0.0)
+            pos_acc += tl.where(pos, mag, 0.0)
+            neg_acc += tl.where(pos, 0.0, mag)
+            grad = tl.where(pos, -mag, mag) * grad_out
+            tl.store(grad_ptr + offsets, grad.to(grad_ptr.dtype.element_ty), mask=in_bounds)
+
+    num_c_blocks = tl.num_programs(1)
+    tl.store(loss_part_ptr + pid_row * num_c_blocks + pid_c, tl.sum(tl.sum(loss_acc, axis=1), axis=0))
+    if WITH_GRAD:
+        tl.store(pos_part_ptr + pid_row * C + cls, tl.sum(pos_acc, axis=1), mask=cls_in)
+        tl.store(neg_part_ptr + pid_row * C + cls, tl.sum(neg_acc, axis=1), mask=cls_in)
+
+
+def _position_stride(x: Tensor) -> int:
+    """The stride of the flattened (H*W) axis of an (N, A*C, H, W) tensor."""
+    _, _, h, w = x.shape
+    if w == 1:
+        return x.stride(2)
+    if h == 1 or x.stride(2) == w * x.stride(3):
+        return x.stride(3)
+    raise ValueError("EFL's Triton path needs each level's (H, W) axes to flatten (contiguous or channels-last)")
+
+
+def _launch(
+    levels: Sequence[Tensor],
+    grads: Optional[Sequence[Tensor]],
+    labels: Tensor,
+    gamma: Tensor,
+    w_pos: Tensor,
+    w_neg: Tensor,
+    num_anchors: int,
+    grad_output: Optional[Tensor],
+) -> Tuple[Tensor, Tensor, Tensor]:
+    num_classes = gamma.numel()
+    device = gamma.device
+    with_grad = grads is not None
+    losses: List[Tensor] = []
+    pos_sum = torch.zeros(num_classes, dtype=torch.float32, device=device)
+    neg_sum = torch.zeros(num_classes, dtype=torch.float32, device=device)
+    label_offset = 0
+    for i, x in enumerate(levels):
+        n, _, h, w = x.shape
+        positions = h * w
+        stride_p = _position_stride(x)
+        classes_contiguous = x.stride(1) == 1
+        # Tiles run along the contiguous axis of the logits, so that loads and stores coalesce.
+        block_c, block_p = (64, 32) if classes_contiguous else (32, 64)
+        iters = 4
+        num_p_blocks = triton.cdiv(positions, block_p * iters)
+        grid = (n * num_anchors * num_p_blocks, triton.cdiv(num_classes, block_c))
+        loss_part = torch.empty(grid, dtype=torch.float32, device=device)
+        if with_grad:
+            pos_part = torch.empty(grid[0], num_classes, dtype=torch.float32, device=device)
+            neg_part = torch.empty_like(pos_part)
+            grad = grads[i]
+        else:
+            pos_part = neg_part = loss_part
+            grad = x
+        if grid[0] > 0:
+            _efl_kernel[grid](
+                x, grad, labels, gamma, w_pos, w_neg,
+                grad_output if with_grad else gamma,
+                loss_part, pos_part, neg_part,
+                num_classes, positions, num_anchors, num_p_blocks,
+                x.stride(0), x.stride(1), stride_p, labels.stride(0), label_offset,
+                BLOCK_C=block_c, BLOCK_P=block_p, ITERS=iters, WITH_GRAD=with_grad,
+                num_warps=4,
+            )  # fmt: skip
+            losses.append(loss_part.sum())
+            if with_grad:
+                pos_sum += pos_part.sum(dim=0)
+                neg_sum += neg_part.sum(dim=0)
+        label_offset += positions * num_anchors
+    loss = torch.stack(losses).sum() if losses else gamma.new_zeros(())
+    return loss, pos_sum, neg_sum
+
+
+def efl_loss_triton(
+    levels: Sequence[Tensor], labels: Tensor, gamma: Tensor, w_pos: Tensor, w_neg: Tensor, num_anchors: int
+) -> Tensor:
+    """
+    Args:
+        levels: per-level (N, A*C, H, W) logits (a plain (R, C) matrix as its (1, C, R, 1) view).
+        labels: (N, R) int labels (-1 ignore, C background), R = sum of H*W*A over levels.
+        gamma, w_pos, w_neg: (C,) float32 focusing factors and weights (alpha_t * gamma_j / gamma_b / normalizer).
+        num_anchors: A.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    return _launch(levels, None, labels, gamma, w_pos, w_neg, num_anchors, None)[0]
+
+
+def efl_grad_triton(
+    levels: Sequence[Tensor],
+    labels: Tensor,
+    gamma: Tensor,
+    w_pos: Tensor,
+    w_neg: Tensor,
+    num_anchors: int,
+    grad_output: Tensor,
+) -> Tuple[List[Tensor], Tensor, Tensor]:
+    """
+    Same arguments as :func:`efl_loss_triton` plus the scalar ``grad_output``.
+
+    Returns:
+        grad_output * dL/dlogits per level (same shapes, strides and dtypes as ``levels``), and the (C,)
+        sums of |dL/dz| over positive and over negative cells (unscaled by ``grad_output``).
+    """
+    grads = [torch.empty_like(x) for x in levels]
+    _, pos_sum, neg_sum = _launch(
+        levels, grads, labels, gamma, w_pos, w_neg, num_anchors, grad_output.reshape(1)
+    )
+    return grads, pos_sum, neg_sum

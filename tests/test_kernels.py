@@ -1,0 +1,192 @@
+"""
+The EFL code paths (chunked PyTorch, Triton, term-by-term reference) against the float64 oracle, on plain
+(R, C) logits and on a dense head's per-level (N, A*C, H, W) outputs.
+
+The Triton kernel runs on CUDA when there is a GPU; without one, test_triton_kernel_in_the_interpreter runs
+this file's Triton cases on the CPU under Triton's interpreter (TRITON_INTERPRET=1), which executes the same
+kernel code, slowly.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from efl import EqualizedFocalLoss
+from oracle import reference_efl
+
+CUDA = torch.cuda.is_available()
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+def implementations():
+    triton_skip = pytest.mark.skipif(
+        not (CUDA or INTERPRETED), reason="needs a GPU (runs in Triton's interpreter via another test)"
+    )
+    return ["torch", "reference", pytest.param("triton", marks=triton_skip)]
+
+
+def as_rows(levels, num_anchors, num_classes):
+    """(N, A*C, H, W) levels -> (N*R, C) rows in detectron2's anchor order (y, x, anchor) per level."""
+    rows = [
+        x.view(x.shape[0], num_anchors, num_classes, -1).permute(0, 3, 1, 2).flatten(1, 2) for x in levels
+    ]
+    return torch.cat(rows, dim=1).reshape(-1, num_classes)
+
+
+def dense_problem(num_images=2, num_anchors=3, num_classes=7, sizes=((5, 6), (3, 2), (1, 1)), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    levels = [
+        torch.randn(num_images, num_anchors * num_classes, h, w, generator=g) * 3 for h, w in sizes
+    ]
+    num_rows = sum(h * w for h, w in sizes) * num_anchors
+    labels = torch.randint(-1, num_classes + 1, (num_images, num_rows), generator=g)
+    return levels, labels
+
+
+def run_dense(module, levels, labels, normalizer, upstream=1.0, dtype=None):
+    leaves = [x.to(DEVICE, dtype).requires_grad_() for x in levels]
+    loss = module.forward_dense(leaves, labels.to(DEVICE), normalizer)
+    (loss * upstream).backward()
+    return loss.detach().cpu(), [x.grad.cpu() for x in leaves]
+
+
+@pytest.mark.parametrize("implementation", implementations())
+@pytest.mark.parametrize("num_anchors", [1, 3])
+def test_dense_levels_match_the_float64_oracle(implementation, num_anchors):
+    num_classes = 7
+    levels, labels = dense_problem(num_anchors=num_anchors)
+    pos_neg = torch.rand(num_classes, generator=torch.Generator().manual_seed(1))
+    module = EqualizedFocalLoss(num_classes, implementation=implementation).to(DEVICE).train()
+    module.pos_neg.copy_(pos_neg)
+    loss, grads = run_dense(module, levels, labels, normalizer=6.5, upstream=3.0)
+
+    ref_loss, ref_grad, ref_pos, ref_neg = reference_efl(
+        as_rows(levels, num_anchors, num_classes), labels.reshape(-1), pos_neg, normalizer=6.5
+    )
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=0)
+    grad_rows = as_rows(grads, num_anchors, num_classes).double()
+    torch.testing.assert_close(grad_rows, 3.0 * ref_grad, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(module.pos_grad.cpu().double(), ref_pos, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(module.neg_grad.cpu().double(), ref_neg, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("implementation", implementations())
+def test_plain_rows_match_the_float64_oracle(implementation):
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(333, 11, generator=g) * 4
+    labels = torch.randint(-1, 12, (333,), generator=g)
+    module = EqualizedFocalLoss(11, implementation=implementation).to(DEVICE).train()
+    x = logits.to(DEVICE).requires_grad_()
+    loss = module(x, labels.to(DEVICE), 2.0)
+    loss.backward()
+    ref_loss, ref_grad, ref_pos, ref_neg = reference_efl(logits, labels, torch.ones(11), normalizer=2.0)
+    torch.testing.assert_close(loss.cpu().double(), ref_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(x.grad.cpu().double(), ref_grad, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(module.pos_grad.cpu().double(), ref_pos, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(module.neg_grad.cpu().double(), ref_neg, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("implementation", implementations())
+def test_extreme_logits_stay_finite_on_every_path(implementation):
+    levels = [torch.tensor([100.0, -100.0, 50.0, -50.0, 0.0, 30.0]).view(1, 3, 2, 1)]
+    labels = torch.tensor([[0, 3]])
+    module = EqualizedFocalLoss(3, implementation=implementation).to(DEVICE).train()
+    module.pos_neg.zero_()
+    loss, grads = run_dense(module, levels, labels, normalizer=1.0)
+    ref_loss, ref_grad, _, _ = reference_efl(as_rows(levels, 1, 3), labels.reshape(-1), torch.zeros(3))
+    assert torch.isfinite(loss) and torch.isfinite(grads[0]).all()
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(as_rows(grads, 1, 3).double(), ref_grad, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("implementation", implementations())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_levels_are_read_as_such_and_computed_in_float32(implementation, dtype):
+    levels, labels = dense_problem(seed=3)
+    module = EqualizedFocalLoss(7, implementation=implementation).to(DEVICE).train()
+    loss, grads = run_dense(module, levels, labels, normalizer=4.0, dtype=dtype)
+    assert all(g.dtype == dtype for g in grads)
+    rounded = [x.to(dtype).float() for x in levels]
+    ref_loss, ref_grad, ref_pos, _ = reference_efl(as_rows(rounded, 3, 7), labels.reshape(-1), torch.ones(7), normalizer=4.0)
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(module.pos_grad.cpu().double(), ref_pos, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(as_rows(grads, 3, 7).double(), ref_grad, rtol=1e-2, atol=1e-3)
+
+
+def test_forward_dense_equals_forward_on_the_transposed_rows():
+    levels, labels = dense_problem(seed=4)
+    dense = EqualizedFocalLoss(7).train()
+    dense_loss, dense_grads = run_dense(dense, levels, labels, normalizer=3.0)
+    rows = EqualizedFocalLoss(7).train()
+    x = as_rows(levels, 3, 7).to(DEVICE).detach().requires_grad_()
+    rows_loss = rows(x, labels.reshape(-1).to(DEVICE), 3.0)
+    rows_loss.backward()
+    torch.testing.assert_close(dense_loss, rows_loss.detach().cpu())
+    torch.testing.assert_close(as_rows(dense_grads, 3, 7), x.grad.cpu())
+    torch.testing.assert_close(dense.pos_grad, rows.pos_grad)
+    torch.testing.assert_close(dense.neg_grad, rows.neg_grad)
+
+
+def test_forward_dense_rejects_mismatched_shapes():
+    levels, labels = dense_problem()
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        EqualizedFocalLoss(5).forward_dense(levels, labels)
+    with pytest.raises(ValueError, match="gt_labels must have shape"):
+        EqualizedFocalLoss(7).forward_dense(levels, labels[:, :-1])
+
+
+def test_environment_variable_overrides_the_implementation(monkeypatch):
+    levels, labels = dense_problem()
+    monkeypatch.setenv("EFL_IMPLEMENTATION", "reference")
+    module = EqualizedFocalLoss(7, implementation="torch").train()
+    loss, _ = run_dense(module, levels, labels, normalizer=1.0)
+    monkeypatch.setenv("EFL_IMPLEMENTATION", "fastest")
+    with pytest.raises(ValueError, match="EFL_IMPLEMENTATION"):
+        module.forward_dense(levels, labels)
+    with pytest.raises(ValueError, match="MODEL.EFL.IMPLEMENTATION"):
+        EqualizedFocalLoss(7, implementation="fastest")
+
+
+@pytest.mark.skipif(CUDA or INTERPRETED, reason="the GPU runs the Triton cases directly")
+def test_triton_kernel_in_the_interpreter():
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "triton and not interpreter"],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "skipped" not in run.stdout.splitlines()[-1], run.stdout[-2000:]
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a GPU")
+def test_cuda_large_problem_and_amp_statistics_do_not_depend_on_the_loss_scale():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    num_classes = 1203
+    levels = [torch.randn(2, 2 * num_classes, h, w, device="cuda", generator=g) - 4 for h, w in ((100, 168), (50, 84))]
+    num_rows = (100 * 168 + 50 * 84) * 2
+    labels = torch.full((2, num_rows), num_classes, device="cuda")
+    labels[:, ::97] = torch.randint(0, num_classes, (2, len(range(0, num_rows, 97))), device="cuda", generator=g)
+    labels[:, 1::13] = -1
+    stats = {}
+    for name, dtype, scale in (("fp32", torch.float32, 1.0), ("fp16", torch.float16, 1.0), ("fp16x", torch.float16, 65536.0)):
+        module = EqualizedFocalLoss(num_classes).cuda().train()
+        leaves = [x.to(dtype).requires_grad_() for x in levels]
+        (module.forward_dense(leaves, labels, 100.0) * scale).backward()
+        assert all(torch.isfinite(x.grad).all() for x in leaves)
+        stats[name] = (module.pos_grad.clone(), module.neg_grad.clone())
+    torch.testing.assert_close(stats["fp16"], stats["fp16x"], rtol=0, atol=0)
+    torch.testing.assert_close(stats["fp16"], stats["fp32"], rtol=2e-3, atol=1e-6)
+
+    reference = EqualizedFocalLoss(num_classes, implementation="reference").cuda().train()
+    triton = EqualizedFocalLoss(num_classes, implementation="triton").cuda().train()
+    small = [x[:, :, :20, :30].contiguous() for x in levels]
+    small_labels = labels[:, : (20 * 30 + 20 * 30) * 2]
+    for module in (reference, triton):
+        module.forward_dense([x.requires_grad_() for x in small], small_labels, 7.0).backward()
+    torch.testing.assert_close(triton.pos_grad, reference.pos_grad, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(triton.neg_grad, reference.neg_grad, rtol=1e-5, atol=1e-9)
