@@ -1,0 +1,77 @@
+"""
+ATSS anchor assignment (Zhang et al., "Bridging the Gap Between Anchor-based and Anchor-free Detection via
+Adaptive Training Sample Selection", CVPR 2020), as the paper's improved baseline uses it.
+"""
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+from detectron2.structures import Boxes, pairwise_iou
+
+__all__ = ["atss_assign"]
+
+
+def _centers(boxes: Tensor) -> Tensor:
+    return (boxes[:, :2] + boxes[:, 2:]) / 2
+
+
+@torch.no_grad()
+def atss_assign(anchors: List[Boxes], gt_boxes: Boxes, topk: int) -> Tuple[Tensor, Tensor]:
+    """
+    For every ground-truth box: on each level, the ``topk`` anchors whose centres are closest to the box centre
+    are candidates (ties broken by anchor index); a candidate is positive when its IoU with the box is at least
+    the mean + standard deviation of all the box's candidates' IoUs and its centre lies strictly inside the box.
+    An anchor positive for several boxes goes to the one it overlaps most (the lowest box index on equal IoU).
+
+    Args:
+        anchors: per-level (Ri, 4) anchors, concatenated in this order.
+        gt_boxes: (G, 4) boxes of one image.
+        topk: candidates per level and box.
+
+    Returns:
+        matched (R,) long: the index of the assigned box, -1 for a negative anchor.
+        iou (R,) float: the IoU of each anchor with its assigned box (0 for negatives).
+    """
+    all_anchors = Boxes.cat(anchors)
+    num_anchors = len(all_anchors)
+    device = all_anchors.tensor.device
+    matched = torch.full((num_anchors,), -1, dtype=torch.long, device=device)
+    if len(gt_boxes) == 0:
+        return matched, torch.zeros(num_anchors, device=device)
+
+    ious = pairwise_iou(all_anchors, gt_boxes)  # (R, G)
+    # exact distances (no matrix-product shortcut), so that equidistant anchors tie exactly
+    distances = torch.cdist(
+        _centers(all_anchors.tensor), _centers(gt_boxes.tensor), compute_mode="donot_use_mm_for_euclid_dist"
+    )  # (R, G)
+    candidates = []
+    start = 0
+    for level in anchors:
+        end = start + len(level)
+        k = min(topk, len(level))
+        order = distances[start:end].argsort(dim=0, stable=True)[:k]  # (k, G)
+        candidates.append(order + start)
+        start = end
+    candidates = torch.cat(candidates)  # (K, G)
+
+    candidate_ious = ious.gather(0, candidates)
+    threshold = candidate_ious.mean(dim=0) + candidate_ious.std(dim=0)
+    is_positive = candidate_ious >= threshold
+
+    centers = _centers(all_anchors.tensor)[candidates]  # (K, G, 2)
+    box = gt_boxes.tensor
+    inside = (
+        (centers[..., 0] > box[:, 0]) & (centers[..., 0] < box[:, 2])
+        & (centers[..., 1] > box[:, 1]) & (centers[..., 1] < box[:, 3])
+    )  # fmt: skip
+    is_positive &= inside
+
+    # Keep, for each anchor, the IoU with the boxes it is a positive of; then the best of them.
+    positive_ious = torch.full_like(ious, -1.0)
+    gt_index = torch.arange(len(gt_boxes), device=device).expand_as(candidates)
+    positive_ious[candidates[is_positive], gt_index[is_positive]] = candidate_ious[is_positive]
+    best_iou, best_gt = positive_ious.max(dim=1)
+    assigned = best_iou >= 0
+    matched[assigned] = best_gt[assigned]
+    return matched, torch.where(assigned, best_iou, torch.zeros_like(best_iou))
