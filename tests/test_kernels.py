@@ -12,8 +12,9 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from efl import EqualizedFocalLoss
+from efl import EqualizedFocalLoss, EqualizedQualityFocalLoss
 from oracle import reference_efl
 
 CUDA = torch.cuda.is_available()
@@ -114,6 +115,80 @@ def test_low_precision_levels_are_read_as_such_and_computed_in_float32(implement
     torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=0)
     torch.testing.assert_close(module.pos_grad.cpu().double(), ref_pos, rtol=1e-5, atol=1e-12)
     torch.testing.assert_close(as_rows(grads, 3, 7).double(), ref_grad, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("implementation", implementations())
+@pytest.mark.parametrize("focusing,weighting", [(True, False), (False, True)])
+def test_ablations_without_focusing_or_weighting_factor(implementation, focusing, weighting):
+    levels, labels = dense_problem(seed=5)
+    pos_neg = torch.rand(7, generator=torch.Generator().manual_seed(6))
+    module = EqualizedFocalLoss(7, implementation=implementation, focusing=focusing, weighting=weighting)
+    module = module.to(DEVICE).train()
+    module.pos_neg.copy_(pos_neg)
+    loss, grads = run_dense(module, levels, labels, normalizer=2.0)
+    ref_loss, ref_grad, _, _ = reference_efl(
+        as_rows(levels, 3, 7), labels.reshape(-1), pos_neg, normalizer=2.0, focusing=focusing, weighting=weighting
+    )
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(as_rows(grads, 3, 7).double(), ref_grad, rtol=1e-5, atol=1e-9)
+
+
+def run_eqfl(module, levels, labels, quality, normalizer):
+    leaves = [x.to(DEVICE).requires_grad_() for x in levels]
+    loss = module.forward_dense(leaves, labels.to(DEVICE), quality.to(DEVICE), normalizer)
+    (loss * 2.0).backward()
+    return loss.detach().cpu(), [x.grad.cpu() / 2.0 for x in leaves]
+
+
+@pytest.mark.parametrize("implementation", implementations())
+def test_eqfl_matches_the_float64_oracle(implementation):
+    levels, labels = dense_problem(seed=7)
+    quality = torch.rand(labels.shape, generator=torch.Generator().manual_seed(8))
+    quality[0, :5] = torch.sigmoid(as_rows(levels, 3, 7)[torch.arange(5), labels[0, :5].clamp(0, 6)])  # p = t
+    pos_neg = torch.rand(7, generator=torch.Generator().manual_seed(9))
+    module = EqualizedQualityFocalLoss(7, implementation=implementation).to(DEVICE).train()
+    module.pos_neg.copy_(pos_neg)
+    loss, grads = run_eqfl(module, levels, labels, quality, normalizer=3.0)
+    ref_loss, ref_grad, ref_pos, ref_neg = reference_efl(
+        as_rows(levels, 3, 7), labels.reshape(-1), pos_neg, normalizer=3.0, quality=quality.reshape(-1)
+    )
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(as_rows(grads, 3, 7).double(), ref_grad, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(module.pos_grad.cpu().double(), ref_pos, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(module.neg_grad.cpu().double(), ref_neg, rtol=1e-5, atol=1e-12)
+
+
+def quality_focal_loss(logits, labels, quality, beta=2.0):
+    """Quality focal loss (Generalized Focal Loss, Li et al. 2020) as its authors write it: soft one-hot target."""
+    num_classes = logits.shape[1]
+    valid = labels >= 0
+    fg = valid & (labels < num_classes)
+    target = torch.zeros_like(logits)
+    target[fg, labels[fg]] = quality[fg]
+    sigma = logits.sigmoid()
+    scale = torch.where(target > 0, (target - sigma).abs(), sigma).pow(beta)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (bce * scale)[valid].sum()
+
+
+def test_eqfl_with_g_one_is_quality_focal_loss():
+    g = torch.Generator().manual_seed(10)
+    logits = torch.randn(200, 5, generator=g) * 2
+    labels = torch.randint(-1, 6, (200,), generator=g)
+    quality = torch.rand(200, generator=g)
+    x = logits.clone().requires_grad_()
+    loss = EqualizedQualityFocalLoss(5).train()(x, labels, quality)
+    loss.backward()
+    y = logits.clone().requires_grad_()
+    expected = quality_focal_loss(y, labels, quality)
+    expected.backward()
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_eqfl_rejects_a_quality_not_shaped_like_the_labels():
+    with pytest.raises(ValueError, match="quality"):
+        EqualizedQualityFocalLoss(3)(torch.zeros(4, 3), torch.tensor([0, 1, 2, 3]), torch.zeros(3))
 
 
 def test_forward_dense_equals_forward_on_the_transposed_rows():

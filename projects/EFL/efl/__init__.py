@@ -6,5 +6,5 @@ from .checks import ConfigError, check_config
 from .config import add_efl_config
 from .data import register_synthetic_lvis
 from .evaluation import LVISEvaluator, build_evaluator
-from .loss import EqualizedFocalLoss, check_efl_hyperparameters
+from .loss import EqualizedFocalLoss, EqualizedQualityFocalLoss, check_efl_hyperparameters
 from .retinanet import EFLRetinaNet, lvis_frequency_groups

@@ -15,7 +15,7 @@ larger weight. With g = 1 everywhere, EFL is the sigmoid focal loss.
 """
 import functools
 import os
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .kernels.reference import efl_reference
 from .kernels.torch_efl import efl_torch
 
-__all__ = ["EqualizedFocalLoss", "check_efl_hyperparameters", "IMPLEMENTATIONS"]
+__all__ = ["EqualizedFocalLoss", "EqualizedQualityFocalLoss", "check_efl_hyperparameters", "IMPLEMENTATIONS"]
 
 # "auto": Triton on CUDA when it imports, else chunked PyTorch. The environment variable EFL_IMPLEMENTATION
 # overrides the choice made in code or config, e.g. to force the reference path while debugging.
@@ -69,6 +69,10 @@ def _resolve_implementation(requested: str, device: torch.device) -> str:
     return implementation
 
 
+# Arguments of _EqualizedFocalLossFunction.forward before the per-level logits.
+_NUM_ARGS = 8
+
+
 class _EqualizedFocalLossFunction(torch.autograd.Function):
     """
     EFL over per-level dense logits, with the statistics taken from the loss's own gradient, before
@@ -84,6 +88,7 @@ class _EqualizedFocalLossFunction(torch.autograd.Function):
     def forward(
         ctx,
         labels: Tensor,
+        quality: Optional[Tensor],
         gamma: Tensor,
         w_pos: Tensor,
         w_neg: Tensor,
@@ -92,7 +97,7 @@ class _EqualizedFocalLossFunction(torch.autograd.Function):
         sink: Optional[StatisticsSink],
         *levels: Tensor,
     ) -> Tensor:
-        want_grad = any(ctx.needs_input_grad[7:])
+        want_grad = any(ctx.needs_input_grad[_NUM_ARGS:])
         ctx.implementation = implementation
         ctx.num_anchors = num_anchors
         ctx.sink = sink
@@ -100,10 +105,13 @@ class _EqualizedFocalLossFunction(torch.autograd.Function):
             from .kernels.triton_efl import efl_loss_triton
 
             if want_grad:
+                ctx.quality = quality
                 ctx.save_for_backward(labels, gamma, w_pos, w_neg, *levels)
-            return efl_loss_triton(levels, labels, gamma, w_pos, w_neg, num_anchors)
+            return efl_loss_triton(levels, labels, quality, gamma, w_pos, w_neg, num_anchors)
         compute = efl_reference if implementation == "reference" else efl_torch
-        loss, grads, pos_sum, neg_sum = compute(levels, labels, gamma, w_pos, w_neg, num_anchors, want_grad)
+        loss, grads, pos_sum, neg_sum = compute(
+            levels, labels, quality, gamma, w_pos, w_neg, num_anchors, want_grad
+        )
         ctx.grads = grads
         ctx.statistics = (pos_sum, neg_sum)
         return loss
@@ -115,7 +123,7 @@ class _EqualizedFocalLossFunction(torch.autograd.Function):
 
             labels, gamma, w_pos, w_neg, *levels = ctx.saved_tensors
             grads, pos_sum, neg_sum = efl_grad_triton(
-                levels, labels, gamma, w_pos, w_neg, ctx.num_anchors, grad_output
+                levels, labels, ctx.quality, gamma, w_pos, w_neg, ctx.num_anchors, grad_output
             )
         else:
             grads = ctx.grads
@@ -130,7 +138,7 @@ class _EqualizedFocalLossFunction(torch.autograd.Function):
                 grad.mul_(grad_output)
         if ctx.sink is not None:
             ctx.sink(pos_sum, neg_sum)
-        return (None,) * 7 + tuple(grads)
+        return (None,) * _NUM_ARGS + tuple(grads)
 
 
 class EqualizedFocalLoss(nn.Module):
@@ -153,11 +161,15 @@ class EqualizedFocalLoss(nn.Module):
         scale: float = 8.0,
         alpha: float = 0.25,
         implementation: str = "auto",
+        focusing: bool = True,
+        weighting: bool = True,
     ):
         """
         Args:
             num_classes: C.
             gamma_b, scale, alpha: EFL's gamma_b, s and alpha.
+            focusing, weighting: use the per-class focusing factor gamma_j (else gamma_b for every class) and the
+                weighting factor gamma_j / gamma_b (else 1): the paper's ablations switch one of them off.
             implementation: one of IMPLEMENTATIONS; "auto" picks Triton for CUDA tensors and chunked PyTorch
                 otherwise. $EFL_IMPLEMENTATION overrides it.
         """
@@ -174,6 +186,8 @@ class EqualizedFocalLoss(nn.Module):
         self.scale = float(scale)
         self.alpha = float(alpha)
         self.implementation = implementation
+        self.focusing = focusing
+        self.weighting = weighting
         self.register_buffer("pos_grad", torch.zeros(num_classes))
         self.register_buffer("neg_grad", torch.zeros(num_classes))
         self.register_buffer("pos_neg", torch.ones(num_classes))
@@ -181,7 +195,8 @@ class EqualizedFocalLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, gamma_b={self.gamma_b}, scale={self.scale}, "
-            f"alpha={self.alpha}, implementation={self.implementation}"
+            f"alpha={self.alpha}, focusing={self.focusing}, weighting={self.weighting}, "
+            f"implementation={self.implementation}"
         )
 
     def focusing_factors(self) -> Tensor:
@@ -199,18 +214,7 @@ class EqualizedFocalLoss(nn.Module):
         Returns:
             Scalar float32 tensor: sum over non-ignored anchors and all classes of EFL, / normalizer.
         """
-        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(
-                f"EqualizedFocalLoss expects logits of shape (R, {self.num_classes}), got "
-                f"{tuple(logits.shape)}: the number of classes must match MODEL.RETINANET.NUM_CLASSES"
-            )
-        if gt_labels.shape != logits.shape[:1]:
-            raise ValueError(
-                f"gt_labels must have shape ({logits.shape[0]},) to match the logits, "
-                f"got {tuple(gt_labels.shape)}"
-            )
-        # (R, C) is the one-level, one-anchor case of a dense head's (N, A*C, H, W) output: (1, C, R, 1).
-        return self._loss([logits.t()[None, :, :, None]], gt_labels[None], 1, normalizer)
+        return self._forward_rows(logits, gt_labels, normalizer, None)
 
     def forward_dense(self, level_logits: Sequence[Tensor], gt_labels: Tensor, normalizer: float = 1.0) -> Tensor:
         """
@@ -222,6 +226,28 @@ class EqualizedFocalLoss(nn.Module):
                 (level, y, x, anchor) order, which is the order of detectron2's anchor generator.
             normalizer: as in :meth:`forward`.
         """
+        return self._forward_levels(level_logits, gt_labels, normalizer, None)
+
+    def _forward_rows(
+        self, logits: Tensor, gt_labels: Tensor, normalizer: float, quality: Optional[Tensor]
+    ) -> Tensor:
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"{type(self).__name__} expects logits of shape (R, {self.num_classes}), got "
+                f"{tuple(logits.shape)}: the number of classes must match MODEL.RETINANET.NUM_CLASSES"
+            )
+        if gt_labels.shape != logits.shape[:1]:
+            raise ValueError(
+                f"gt_labels must have shape ({logits.shape[0]},) to match the logits, "
+                f"got {tuple(gt_labels.shape)}"
+            )
+        # (R, C) is the one-level, one-anchor case of a dense head's (N, A*C, H, W) output: (1, C, R, 1).
+        quality = None if quality is None else quality[None]
+        return self._loss([logits.t()[None, :, :, None]], gt_labels[None], 1, normalizer, quality)
+
+    def _forward_levels(
+        self, level_logits: Sequence[Tensor], gt_labels: Tensor, normalizer: float, quality: Optional[Tensor]
+    ) -> Tensor:
         channels = {x.shape[1] for x in level_logits}
         if len(channels) != 1 or next(iter(channels)) % self.num_classes or any(x.dim() != 4 for x in level_logits):
             raise ValueError(
@@ -236,18 +262,30 @@ class EqualizedFocalLoss(nn.Module):
                 f"gt_labels must have shape ({level_logits[0].shape[0]}, {num_rows}) to match the logits, "
                 f"got {tuple(gt_labels.shape)}"
             )
-        return self._loss(level_logits, gt_labels, num_anchors, normalizer)
+        return self._loss(list(level_logits), gt_labels, num_anchors, normalizer, quality)
 
-    def _loss(self, levels: List[Tensor], gt_labels: Tensor, num_anchors: int, normalizer: float) -> Tensor:
+    def _class_weights(self, weight: Tensor, normalizer: float) -> Tuple[Tensor, Tensor]:
+        """(C,) weights of positive and negative cells: alpha_t * weight / normalizer."""
+        return weight * (self.alpha / normalizer), weight * ((1.0 - self.alpha) / normalizer)
+
+    def _loss(
+        self,
+        levels: List[Tensor],
+        gt_labels: Tensor,
+        num_anchors: int,
+        normalizer: float,
+        quality: Optional[Tensor] = None,
+    ) -> Tensor:
         self._check_values(levels[0], gt_labels, normalizer)
-        gamma = self.focusing_factors()
-        weight = gamma / self.gamma_b
-        w_pos = weight * (self.alpha / normalizer)
-        w_neg = weight * ((1.0 - self.alpha) / normalizer)
+        gamma_j = self.focusing_factors()
+        gamma = gamma_j if self.focusing else torch.full_like(gamma_j, self.gamma_b)
+        weight = gamma_j / self.gamma_b if self.weighting else torch.ones_like(gamma_j)
+        w_pos, w_neg = self._class_weights(weight, normalizer)
         implementation = _resolve_implementation(self.implementation, levels[0].device)
         track = self.training and torch.is_grad_enabled() and any(x.requires_grad for x in levels)
         return _EqualizedFocalLossFunction.apply(
             gt_labels,
+            quality,
             gamma,
             w_pos,
             w_neg,
@@ -280,3 +318,60 @@ class EqualizedFocalLoss(nn.Module):
         self.pos_grad += increments[0]
         self.neg_grad += increments[1]
         torch.clamp(self.pos_grad / (self.neg_grad + 1e-10), 0.0, 1.0, out=self.pos_neg)
+
+
+class EqualizedQualityFocalLoss(EqualizedFocalLoss):
+    """
+    Equalized Quality Focal Loss (EQFL, from the EFL authors' code base): quality focal loss with EFL's per-class
+    focusing and weighting factors and the same statistics. For class j, with p = sigmoid(z):
+
+        negative cell:                (gamma_j / gamma_b) * p^gamma_j          * BCE(z, 0)
+        positive cell of quality t:   (gamma_j / gamma_b) * |t - p|^gamma_j    * BCE(z, t)
+
+    t is the IoU of the anchor's predicted box with its ground truth. There is no alpha. With g = 1 it is
+    quality focal loss (Li et al., "Generalized Focal Loss", NeurIPS 2020) with beta = gamma_b.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        gamma_b: float = 2.0,
+        scale: float = 8.0,
+        implementation: str = "auto",
+        focusing: bool = True,
+        weighting: bool = True,
+    ):
+        super().__init__(num_classes, gamma_b, scale, 0.5, implementation, focusing, weighting)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr().replace(f"alpha={self.alpha}, ", "")
+
+    def _class_weights(self, weight: Tensor, normalizer: float) -> Tuple[Tensor, Tensor]:
+        return weight / normalizer, weight / normalizer
+
+    def forward(self, logits: Tensor, gt_labels: Tensor, quality: Tensor, normalizer: float = 1.0) -> Tensor:
+        """
+        Args:
+            logits, gt_labels, normalizer: as in :meth:`EqualizedFocalLoss.forward`.
+            quality: (R,) float targets in [0, 1] of the positive anchors (read only where the label is a class).
+        """
+        return self._forward_rows(logits, gt_labels, normalizer, self._checked(quality, gt_labels))
+
+    def forward_dense(
+        self, level_logits: Sequence[Tensor], gt_labels: Tensor, quality: Tensor, normalizer: float = 1.0
+    ) -> Tensor:
+        """
+        Args:
+            level_logits, gt_labels, normalizer: as in :meth:`EqualizedFocalLoss.forward_dense`.
+            quality: (N, R) float targets in [0, 1] of the positive anchors.
+        """
+        return self._forward_levels(level_logits, gt_labels, normalizer, self._checked(quality, gt_labels))
+
+    @staticmethod
+    def _checked(quality: Tensor, gt_labels: Tensor) -> Tensor:
+        if quality.shape != gt_labels.shape or not quality.is_floating_point():
+            raise ValueError(
+                f"quality must be a float tensor shaped like gt_labels {tuple(gt_labels.shape)}, got "
+                f"{quality.dtype} {tuple(quality.shape)}"
+            )
+        return quality.detach().float()

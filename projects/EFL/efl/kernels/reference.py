@@ -1,9 +1,9 @@
 """
-EFL written term by term, differentiated by autograd: the slow, obvious path to compare the fast ones with
+EFL and EQFL written term by term, differentiated by autograd: the slow, obvious path to compare the fast ones with
 (``MODEL.EFL.IMPLEMENTATION reference`` or ``EFL_IMPLEMENTATION=reference``). It builds the dense one-hot
 target and several (R, C) temporaries, which is what the fast paths avoid.
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ __all__ = ["efl_reference"]
 def efl_reference(
     levels: Sequence[Tensor],
     labels: Tensor,
+    quality: Optional[Tensor],
     gamma: Tensor,
     w_pos: Tensor,
     w_neg: Tensor,
@@ -34,15 +35,20 @@ def efl_reference(
         valid = flat_labels >= 0
         target = F.one_hot(flat_labels.clamp(min=0), num_classes + 1)[:, :num_classes].float()
         target = target * valid[:, None]
+        positive = target > 0
         p = torch.sigmoid(logits)
-        p_t = torch.where(target > 0, p, 1 - p)
-        coef = torch.where(target > 0, w_pos, w_neg)
-        nlog_p_t = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        loss = (coef * (1 - p_t) ** gamma * nlog_p_t * valid[:, None]).sum()
+        coef = torch.where(positive, w_pos, w_neg)
+        if quality is None:  # EFL: alpha_t w (1 - p_t)^gamma BCE(z, y)
+            modulator = (1 - torch.where(positive, p, 1 - p)) ** gamma
+        else:  # EQFL: w |y - p|^gamma BCE(z, y), y the quality of a positive cell
+            target = target * quality.reshape(-1, 1)
+            modulator = (target - p).abs() ** gamma
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        loss = (coef * modulator * bce * valid[:, None]).sum()
         if not want_grad:
             return loss.detach(), [], gamma.new_zeros(num_classes), gamma.new_zeros(num_classes)
         grads = torch.autograd.grad(loss, leaves)
     magnitude = torch.cat([as_rows(g) for g in grads], dim=1).reshape(-1, num_classes).abs()
-    pos_sum = (magnitude * target).sum(dim=0)
-    neg_sum = (magnitude * (1 - target) * valid[:, None]).sum(dim=0)
+    pos_sum = (magnitude * positive).sum(dim=0)
+    neg_sum = (magnitude * ~positive * valid[:, None]).sum(dim=0)
     return loss.detach(), [g.to(x.dtype) for g, x in zip(grads, levels)], pos_sum, neg_sum

@@ -1,5 +1,5 @@
 """
-EFL in chunked PyTorch: the path for the CPU (and for CUDA without Triton).
+EFL (and EQFL) in chunked PyTorch: the path for the CPU (and for CUDA without Triton).
 
 One pass computes the loss, and when asked the gradient and the per-class sums of |gradient|, block by block,
 so the float32 temporaries stay a few MB whatever the number of anchors. Every cell is first treated as a
@@ -18,13 +18,44 @@ __all__ = ["efl_torch"]
 CHUNK_CELLS = 1 << 20
 
 
+def _positive_cells(
+    x: Tensor, gamma: Tensor, w: Tensor, target: Optional[Tensor]
+) -> Tuple[Tensor, Tensor]:
+    """
+    Loss and dL/dz of K positive cells, all (K,).
+
+    target None (EFL): w (1 - p)^gamma (-log p), with -log p = softplus(-z).
+    target t (EQFL): w |t - p|^gamma BCE(z, t), with BCE(z, t) = softplus(z) - t z.
+    """
+    if target is None:
+        q = torch.sigmoid(-x)
+        nlog_p = F.softplus(-x)
+        f = q.pow(gamma).mul_(w)
+        return f * nlog_p, -f * (gamma * (1.0 - q) * nlog_p + q)
+    p = torch.sigmoid(x)
+    d = p - target
+    ad = d.abs()
+    bce = F.softplus(x) - target * x
+    modulator = ad.pow(gamma)
+    # d|t - p|^gamma / dp, written to stay finite where p = t
+    slope = torch.where(ad > 0, gamma * ad.pow(gamma - 1.0) * d.sign(), torch.zeros_like(ad))
+    return w * modulator * bce, w * (slope * p * (1.0 - p) * bce + modulator * d)
+
+
 def _efl_block(
-    x: Tensor, labels: Tensor, gamma: Tensor, w_pos: Tensor, w_neg: Tensor, want_grad: bool
+    x: Tensor,
+    labels: Tensor,
+    quality: Optional[Tensor],
+    gamma: Tensor,
+    w_pos: Tensor,
+    w_neg: Tensor,
+    want_grad: bool,
 ) -> Tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
     """
     Args:
         x: (B, C, P) float32 logits: B (image, anchor) slots, C classes, P positions.
         labels: (B, P) int labels in [-1, C].
+        quality: (B, P) float soft targets of the positive cells (EQFL), or None (EFL: target 1).
         gamma, w_pos, w_neg: (C, 1) focusing factors and weights (alpha_t * gamma_j / gamma_b / normalizer).
 
     Returns:
@@ -35,41 +66,35 @@ def _efl_block(
     b, p = (valid & (labels < num_classes)).nonzero(as_tuple=True)
     c = labels[b, p]
 
-    # Negative cells: (1 - alpha) w p^gamma * (-log(1 - p)), with -log(1 - p) = softplus(z).
+    # Negative cells: w p^gamma * (-log(1 - p)), with -log(1 - p) = softplus(z).
     prob = torch.sigmoid(x)
     nlog_q = F.softplus(x)
     t = prob.pow(gamma).mul_(w_neg)
     cell = t * nlog_q
     loss = cell.sum(dim=1).mul_(valid).sum() - cell[b, c, p].sum()
 
-    # Positive cells: alpha w (1 - p)^gamma * (-log p), with -log p = softplus(-z).
-    xp = x[b, c, p]
-    gp = gamma.view(-1)[c]
-    qp = torch.sigmoid(-xp)
-    nlog_pp = F.softplus(-xp)
-    fp = qp.pow(gp).mul_(w_pos.view(-1)[c])
-    loss = loss + (fp * nlog_pp).sum()
+    target = None if quality is None else quality[b, p]
+    loss_pos, grad_pos = _positive_cells(x[b, c, p], gamma.view(-1)[c], w_pos.view(-1)[c], target)
+    loss = loss + loss_pos.sum()
 
     pos_sum = x.new_zeros(num_classes)
     neg_sum = x.new_zeros(num_classes)
     if not want_grad:
         return loss, None, pos_sum, neg_sum
 
-    # d/dz of a negative term: w' p^gamma (gamma (1 - p) softplus(z) + p), always >= 0.
+    # d/dz of a negative term: w p^gamma (gamma (1 - p) softplus(z) + p), always >= 0.
     grad = torch.neg(prob, out=cell).add_(1.0).mul_(nlog_q).mul_(gamma).add_(prob).mul_(t)
     ib, ip = (~valid).nonzero(as_tuple=True)
     grad[ib, :, ip] = 0.0
     neg_sum += grad.sum(dim=(0, 2))
     neg_sum.index_add_(0, c, grad[b, c, p], alpha=-1.0)
-    # d/dz of a positive term: -w' (1 - p)^gamma (gamma p (-log p) + 1 - p), always <= 0.
-    grad_pos = fp.mul_(gp * (1.0 - qp) * nlog_pp + qp).neg_()
     grad[b, c, p] = grad_pos
     pos_sum.index_add_(0, c, grad_pos.abs())
     return loss, grad, pos_sum, neg_sum
 
 
 def level_labels(labels: Tensor, offset: int, positions: int, num_anchors: int) -> Tensor:
-    """(N, R) labels in (position, anchor) order -> the (N*A, P) labels of one level's (image, anchor) slots."""
+    """(N, R) per-anchor values in (position, anchor) order -> the (N*A, P) values of one level's slots."""
     n = labels.shape[0]
     block = labels[:, offset : offset + positions * num_anchors]
     return block.reshape(n, positions, num_anchors).transpose(1, 2).reshape(n * num_anchors, positions)
@@ -78,6 +103,7 @@ def level_labels(labels: Tensor, offset: int, positions: int, num_anchors: int) 
 def efl_torch(
     levels: Sequence[Tensor],
     labels: Tensor,
+    quality: Optional[Tensor],
     gamma: Tensor,
     w_pos: Tensor,
     w_neg: Tensor,
@@ -89,6 +115,7 @@ def efl_torch(
         levels: per-level (N, A*C, H, W) logits (a plain (R, C) matrix as its (1, C, R, 1) view), any float dtype.
         labels: (N, R) int labels (-1 ignore, C background), R = sum of H*W*A over levels, rows in
             (level, y, x, anchor) order.
+        quality: (N, R) float32 soft targets of the positive cells for EQFL, or None for EFL.
         gamma, w_pos, w_neg: (C,) float32 focusing factors and weights.
         num_anchors: A.
         want_grad: also compute dL/dlogits (per level, in the logits' dtype and layout) and the statistics.
@@ -109,6 +136,7 @@ def efl_torch(
         slots = n * num_anchors
         xv = x.reshape(slots, num_classes, positions)
         lab = level_labels(labels, offset, positions, num_anchors)
+        qual = None if quality is None else level_labels(quality, offset, positions, num_anchors)
         offset += positions * num_anchors
         if want_grad:
             grad = torch.empty_like(x)
@@ -118,7 +146,8 @@ def efl_torch(
         for s0 in range(0, slots, s_step):
             for p0 in range(0, positions, p_step):
                 s, p = slice(s0, s0 + s_step), slice(p0, p0 + p_step)
-                block = _efl_block(xv[s, :, p].float(), lab[s, p], gamma, w_pos, w_neg, want_grad)
+                q = None if qual is None else qual[s, p]
+                block = _efl_block(xv[s, :, p].float(), lab[s, p], q, gamma, w_pos, w_neg, want_grad)
                 loss += block[0]
                 if want_grad:
                     gv[s, :, p] = block[1]

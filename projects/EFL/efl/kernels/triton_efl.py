@@ -1,5 +1,5 @@
 """
-EFL on CUDA as Triton kernels that read a dense head's logits where they lie.
+EFL (and EQFL) on CUDA as Triton kernels that read a dense head's logits where they lie.
 
 Dense logits are given per level as (N, A*C, H, W) tensors, row (anchor) order (y, x, anchor) within an image,
 as detectron2 orders anchors; a plain (R, C) matrix is the one-level case (1, C, R, 1). A program covers
@@ -29,7 +29,7 @@ def _log1p(e):
 @triton.jit
 def _efl_cells(x, pos, gamma, w_pos, w_neg):
     """
-    Loss and |dL/dz| of each cell. With z_t = z for a positive cell and -z for a negative one:
+    Loss and dL/dz of each cell. With z_t = z for a positive cell and -z for a negative one:
     loss = w (1 - p_t)^gamma (-log p_t), |dL/dz| = w (1 - p_t)^gamma (gamma p_t (-log p_t) + 1 - p_t),
     where (1 - p_t)^gamma = exp(-gamma softplus(z_t)); exp(-|z_t|) is the only exponential of z needed.
     """
@@ -43,7 +43,24 @@ def _efl_cells(x, pos, gamma, w_pos, w_neg):
     p_t = tl.where(non_negative, r, e * r)
     q_t = tl.where(non_negative, e * r, r)
     coef = tl.where(pos, w_pos, w_neg) * tl.exp(-gamma * nlog_qt)
-    return coef * nlog_pt, coef * (gamma * p_t * nlog_pt + q_t)
+    magnitude = coef * (gamma * p_t * nlog_pt + q_t)
+    return coef * nlog_pt, tl.where(pos, -magnitude, magnitude)
+
+
+@triton.jit
+def _eqfl_positive_cells(x, t, gamma, w):
+    """EQFL's positive cells: loss w |t - p|^gamma BCE(z, t) and its dL/dz."""
+    e = tl.exp(-tl.abs(x))
+    r = 1.0 / (1.0 + e)
+    p = tl.where(x >= 0, r, e * r)
+    bce = _log1p(e) + tl.maximum(x, 0.0) - t * x
+    d = p - t
+    ad = tl.abs(d)
+    log_ad = tl.log(ad)
+    modulator = tl.exp(gamma * log_ad)
+    # d|t - p|^gamma / dp, written to stay finite where p = t
+    slope = tl.where(ad > 0, gamma * tl.exp((gamma - 1.0) * log_ad) * tl.where(d > 0, 1.0, -1.0), 0.0)
+    return w * modulator * bce, w * (slope * p * (1.0 - p) * bce + modulator * d)
 
 
 @triton.jit
@@ -51,6 +68,7 @@ def _efl_kernel(
     x_ptr,
     grad_ptr,
     labels_ptr,
+    quality_ptr,
     gamma_ptr,
     w_pos_ptr,
     w_neg_ptr,
@@ -71,6 +89,7 @@ def _efl_kernel(
     BLOCK_P: tl.constexpr,
     ITERS: tl.constexpr,
     WITH_GRAD: tl.constexpr,
+    QUALITY: tl.constexpr,
 ):
     pid_row = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -94,20 +113,26 @@ def _efl_kernel(
     for it in range(ITERS):
         p = (p_block * ITERS + it) * BLOCK_P + tl.arange(0, BLOCK_P)
         p_in = p < P
-        label = tl.load(labels_ptr + n * stride_ln + label_offset + p * A + a, mask=p_in, other=-1)
+        anchor = n * stride_ln + label_offset + p * A + a
+        label = tl.load(labels_ptr + anchor, mask=p_in, other=-1)
         in_bounds = cls_in[:, None] & p_in[None, :]
         valid = in_bounds & (label >= 0)[None, :]
         pos = label[None, :] == cls[:, None]
         offsets = row_offsets + p.to(tl.int64)[None, :] * stride_xp
         x = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(tl.float32)
-        loss, mag = _efl_cells(x, pos, gamma, w_pos, w_neg)
+        loss, grad = _efl_cells(x, pos, gamma, w_pos, w_neg)
+        if QUALITY:
+            target = tl.load(quality_ptr + anchor, mask=p_in, other=0.0)[None, :]
+            loss_q, grad_q = _eqfl_positive_cells(x, target, gamma, w_pos)
+            loss = tl.where(pos, loss_q, loss)
+            grad = tl.where(pos, grad_q, grad)
         loss_acc += tl.where(valid, loss, 0.0)
         if WITH_GRAD:
-            mag = tl.where(valid, mag, 0.0)
-            pos_acc += tl.where(pos, mag, 0.0)
-            neg_acc += tl.where(pos, 0.0, mag)
-            grad = tl.where(pos, -mag, mag) * grad_out
-            tl.store(grad_ptr + offsets, grad.to(grad_ptr.dtype.element_ty), mask=in_bounds)
+            grad = tl.where(valid, grad, 0.0)
+            magnitude = tl.abs(grad)
+            pos_acc += tl.where(pos, magnitude, 0.0)
+            neg_acc += tl.where(pos, 0.0, magnitude)
+            tl.store(grad_ptr + offsets, (grad * grad_out).to(grad_ptr.dtype.element_ty), mask=in_bounds)
 
     num_c_blocks = tl.num_programs(1)
     tl.store(loss_part_ptr + pid_row * num_c_blocks + pid_c, tl.sum(tl.sum(loss_acc, axis=1), axis=0))
@@ -130,6 +155,7 @@ def _launch(
     levels: Sequence[Tensor],
     grads: Optional[Sequence[Tensor]],
     labels: Tensor,
+    quality: Optional[Tensor],
     gamma: Tensor,
     w_pos: Tensor,
     w_neg: Tensor,
@@ -163,12 +189,12 @@ def _launch(
             grad = x
         if grid[0] > 0:
             _efl_kernel[grid](
-                x, grad, labels, gamma, w_pos, w_neg,
+                x, grad, labels, gamma if quality is None else quality, gamma, w_pos, w_neg,
                 grad_output if with_grad else gamma,
                 loss_part, pos_part, neg_part,
                 num_classes, positions, num_anchors, num_p_blocks,
                 x.stride(0), x.stride(1), stride_p, labels.stride(0), label_offset,
-                BLOCK_C=block_c, BLOCK_P=block_p, ITERS=iters, WITH_GRAD=with_grad,
+                BLOCK_C=block_c, BLOCK_P=block_p, ITERS=iters, WITH_GRAD=with_grad, QUALITY=quality is not None,
                 num_warps=4,
             )  # fmt: skip
             losses.append(loss_part.sum())
@@ -181,24 +207,32 @@ def _launch(
 
 
 def efl_loss_triton(
-    levels: Sequence[Tensor], labels: Tensor, gamma: Tensor, w_pos: Tensor, w_neg: Tensor, num_anchors: int
+    levels: Sequence[Tensor],
+    labels: Tensor,
+    quality: Optional[Tensor],
+    gamma: Tensor,
+    w_pos: Tensor,
+    w_neg: Tensor,
+    num_anchors: int,
 ) -> Tensor:
     """
     Args:
         levels: per-level (N, A*C, H, W) logits (a plain (R, C) matrix as its (1, C, R, 1) view).
         labels: (N, R) int labels (-1 ignore, C background), R = sum of H*W*A over levels.
+        quality: (N, R) float32 soft targets of the positive cells (EQFL), or None (EFL).
         gamma, w_pos, w_neg: (C,) float32 focusing factors and weights (alpha_t * gamma_j / gamma_b / normalizer).
         num_anchors: A.
 
     Returns:
         Scalar float32 loss.
     """
-    return _launch(levels, None, labels, gamma, w_pos, w_neg, num_anchors, None)[0]
+    return _launch(levels, None, labels, quality, gamma, w_pos, w_neg, num_anchors, None)[0]
 
 
 def efl_grad_triton(
     levels: Sequence[Tensor],
     labels: Tensor,
+    quality: Optional[Tensor],
     gamma: Tensor,
     w_pos: Tensor,
     w_neg: Tensor,
@@ -214,6 +248,6 @@ def efl_grad_triton(
     """
     grads = [torch.empty_like(x) for x in levels]
     _, pos_sum, neg_sum = _launch(
-        levels, grads, labels, gamma, w_pos, w_neg, num_anchors, grad_output.reshape(1)
+        levels, grads, labels, quality, gamma, w_pos, w_neg, num_anchors, grad_output.reshape(1)
     )
     return grads, pos_sum, neg_sum
