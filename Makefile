@@ -1,4 +1,5 @@
 # make demo    set up, then train focal loss and EFL on the embedded long-tailed set and compare them
+# make demo-improved   the same with the paper's improved baseline: focal loss, EFL and EQFL
 # make test    set up, then run the test suite
 # make install create .venv (PyPI requirements, detectron2, this project in editable mode)
 PYTHON ?= python3
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 DETECTRON2_ROUTE ?= auto
 export DETECTRON2_ROUTE
 
-.PHONY: install demo test clean
+.PHONY: install demo demo-improved test clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +23,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml tools/install_detectron2.sh
 
 demo: install
 	$(PY) tools/demo.py
+
+demo-improved: install
+	$(PY) tools/demo.py --detector improved
 
 test: install
 	$(PY) -m pytest -q

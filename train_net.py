@@ -26,13 +26,15 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from efl import ConfigError, add_efl_config, build_evaluator, check_config
+from efl import ConfigError, FullModelGradientClipping, add_efl_config, build_evaluator, check_config
+from efl.hooks import FULL_MODEL
 
 
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, except that DistributedDataParallel gets device_ids only on GPUs:
-        # DDP refuses device_ids for a model on the CPU, which is how CPU (gloo) training runs.
+        # DefaultTrainer.__init__, except that DistributedDataParallel gets device_ids only on GPUs (DDP refuses
+        # them for a model on the CPU, which is how CPU/gloo training runs), and that SOLVER.CLIP_GRADIENTS of
+        # type "full_model" is a hook of the step-running trainer.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -46,12 +48,23 @@ class Trainer(DefaultTrainer):
         )
         trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_class(model, data_loader, optimizer)
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        if clip.ENABLED and clip.CLIP_TYPE == FULL_MODEL:
+            self._trainer.register_hooks([FullModelGradientClipping(clip.CLIP_VALUE, clip.NORM_TYPE)])
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        if cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == FULL_MODEL:  # clipped by a hook instead, see __init__
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.SOLVER.CLIP_GRADIENTS.ENABLED = False
+        return super().build_optimizer(cfg, model)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -60,6 +60,17 @@ def test_eval_only_on_a_saved_checkpoint_reproduces_its_results(trained, tmp_pat
     assert read_results(tmp_path) == pytest.approx(read_results(out))
 
 
+@pytest.mark.parametrize("cls_loss", ["focal", "efl", "eqfl"])
+def test_improved_baseline_trains_and_evaluates(cls_loss, tmp_path):
+    config = REPO / "configs" / "Synthetic" / f"improved_R_18_demo_{cls_loss}.yaml"
+    run = train_net("--config-file", config, *SMALL_OPTS, "OUTPUT_DIR", tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = read_results(tmp_path)
+    assert all(0.0 <= results[m] <= 100.0 for m in ("AP", "APr", "APc", "APf"))
+    metrics = json.loads(open(tmp_path / "metrics.json").readline())
+    assert {"loss_cls", "loss_box_reg", "loss_iou"} <= set(metrics)
+
+
 def assert_stops_with(run, *fragments):
     assert run.returncode != 0
     assert "Traceback" not in run.stderr, run.stderr[-3000:]

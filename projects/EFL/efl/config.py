@@ -17,3 +17,18 @@ def add_efl_config(cfg: CN) -> None:
     # which code computes it: "auto" (Triton on CUDA, chunked PyTorch elsewhere), "triton", "torch", or
     # "reference" (term by term, for debugging); $EFL_IMPLEMENTATION overrides it
     cfg.MODEL.EFL.IMPLEMENTATION = "auto"
+    # the paper's ablations: False uses gamma_b as every class's focusing factor / 1 as every class's weight
+    cfg.MODEL.EFL.FOCUSING_FACTOR = True
+    cfg.MODEL.EFL.WEIGHTING_FACTOR = True
+
+    # The paper's improved one-stage baseline (META_ARCHITECTURE "ImprovedRetinaNet"); each piece can be switched
+    # off for ablations.
+    cfg.MODEL.IMPROVED_BASELINE = CN()
+    # classification loss: "focal" (sigmoid focal loss, RETINANET.FOCAL_LOSS_*), "efl" or "eqfl" (MODEL.EFL.*)
+    cfg.MODEL.IMPROVED_BASELINE.CLS_LOSS = "efl"
+    # ATSS candidates per level and box; 0 uses RetinaNet's IoU matching (RETINANET.IOU_THRESHOLDS)
+    cfg.MODEL.IMPROVED_BASELINE.ATSS_TOPK = 18
+    # predict each anchor's IoU (BCE loss) and multiply its sigmoid into the test scores
+    cfg.MODEL.IMPROVED_BASELINE.IOU_BRANCH = True
+    # weight the GIoU box loss by the IoU targets and normalise by their sum (else / number of positives)
+    cfg.MODEL.IMPROVED_BASELINE.IOU_WEIGHTED_BOX_LOSS = True

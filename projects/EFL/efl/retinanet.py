@@ -58,6 +58,8 @@ class EFLRetinaNet(RetinaNet):
         efl_scale: float = 8.0,
         efl_alpha: float = 0.25,
         efl_implementation: str = "auto",
+        efl_focusing: bool = True,
+        efl_weighting: bool = True,
         frequency_groups: Optional[Sequence[int]] = None,
         **kwargs,
     ):
@@ -65,13 +67,20 @@ class EFLRetinaNet(RetinaNet):
         Args:
             efl_gamma_b, efl_scale, efl_alpha: EFL's gamma_b, s and alpha.
             efl_implementation: which EFL code path runs (see :class:`EqualizedFocalLoss`).
+            efl_focusing, efl_weighting: EFL's ablation switches (see :class:`EqualizedFocalLoss`).
             frequency_groups: optional (C,) LVIS frequency group of each class (0 rare, 1 common,
                 2 frequent); when given, the mean focusing factor of each group is logged while training.
             kwargs: arguments of :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
         self.cls_loss = EqualizedFocalLoss(
-            self.num_classes, efl_gamma_b, efl_scale, efl_alpha, implementation=efl_implementation
+            self.num_classes,
+            efl_gamma_b,
+            efl_scale,
+            efl_alpha,
+            implementation=efl_implementation,
+            focusing=efl_focusing,
+            weighting=efl_weighting,
         )
         groups = None if frequency_groups is None else torch.as_tensor(frequency_groups)
         self.register_buffer("frequency_groups", groups, persistent=False)
@@ -84,6 +93,8 @@ class EFLRetinaNet(RetinaNet):
             efl_scale=cfg.MODEL.EFL.SCALE,
             efl_alpha=cfg.MODEL.EFL.ALPHA,
             efl_implementation=cfg.MODEL.EFL.IMPLEMENTATION,
+            efl_focusing=cfg.MODEL.EFL.FOCUSING_FACTOR,
+            efl_weighting=cfg.MODEL.EFL.WEIGHTING_FACTOR,
         )
         if cfg.DATASETS.TRAIN:
             ret["frequency_groups"] = lvis_frequency_groups(

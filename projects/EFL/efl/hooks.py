@@ -1,0 +1,30 @@
+"""Training hooks of the EFL project."""
+import torch
+
+from detectron2.engine import HookBase
+
+__all__ = ["FullModelGradientClipping", "FULL_MODEL"]
+
+# SOLVER.CLIP_GRADIENTS.CLIP_TYPE value that clips the norm of all gradients together. detectron2's own "norm"
+# clips each parameter's gradient separately; the EFL recipe clips the whole model's, like
+# torch.nn.utils.clip_grad_norm_(model.parameters(), 35).
+FULL_MODEL = "full_model"
+
+
+class FullModelGradientClipping(HookBase):
+    """
+    Clip the L2 (or other) norm of all the model's gradients together, between backward and the optimizer step.
+    Register it on the SimpleTrainer/AMPTrainer that runs the steps (DefaultTrainer._trainer): only that one calls
+    ``after_backward``.
+    """
+
+    def __init__(self, max_norm: float, norm_type: float = 2.0):
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+
+    def after_backward(self):
+        trainer = self.trainer
+        scaler = getattr(trainer, "grad_scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            scaler.unscale_(trainer.optimizer)  # clip the true gradients; scaler.step() knows they are unscaled
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), self.max_norm, self.norm_type)
