@@ -10,7 +10,6 @@ import logging
 import sys
 import weakref
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import (
     AMPTrainer,
@@ -26,22 +25,28 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from efl import ConfigError, FullModelGradientClipping, add_efl_config, build_evaluator, check_config
-from efl.hooks import FULL_MODEL
+from efl import ConfigError, add_efl_config, build_evaluator, check_config
+from efl.checkpoint import EFLCheckpointer
+from efl.data.train_loader import build_resumable_train_loader
+from efl.hooks import FULL_MODEL, FullModelGradientClipping, RevertStatisticsOfSkippedSteps
 
 
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, except that DistributedDataParallel gets device_ids only on GPUs (DDP refuses
-        # them for a model on the CPU, which is how CPU/gloo training runs), and that SOLVER.CLIP_GRADIENTS of
-        # type "full_model" is a hook of the step-running trainer.
+        # DefaultTrainer.__init__, with four differences:
+        # - DistributedDataParallel gets device_ids only on GPUs (DDP refuses them for a model on the CPU, which is
+        #   how CPU/gloo training runs);
+        # - the training sampler is resumable (see resume_or_load) and skips unreadable images;
+        # - the step-running trainer gets the hooks that must run between backward and the optimizer step:
+        #   SOLVER.CLIP_GRADIENTS of type "full_model", and under AMP the undoing of EFL statistics of skipped steps;
+        # - checkpoints are written atomically (EFLCheckpointer).
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        data_loader, self._train_sampler = build_resumable_train_loader(cfg)
         on_gpu = next(model.parameters()).device.type == "cuda"
         model = create_ddp_model(
             model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_gpu else None
@@ -51,12 +56,19 @@ class Trainer(DefaultTrainer):
         clip = cfg.SOLVER.CLIP_GRADIENTS
         if clip.ENABLED and clip.CLIP_TYPE == FULL_MODEL:
             self._trainer.register_hooks([FullModelGradientClipping(clip.CLIP_VALUE, clip.NORM_TYPE)])
+        if cfg.SOLVER.AMP.ENABLED:
+            self._trainer.register_hooks([RevertStatisticsOfSkippedSteps()])
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = EFLCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume)
+        # Continue the sampler's index stream where the checkpoint left it (stock detectron2 restarts it).
+        self._train_sampler.skip = self.start_iter * (self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -91,7 +103,7 @@ def main(args):
     check_config(cfg, eval_only=args.eval_only)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        EFLCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)
@@ -112,11 +124,14 @@ if __name__ == "__main__":
     except ConfigError as e:
         sys.exit(f"train_net.py: error: {e}")
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except ConfigError as e:  # found while building, e.g. an empty dataset (single process: raised here)
+        sys.exit(f"train_net.py: error: {e}")

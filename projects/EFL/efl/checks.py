@@ -24,8 +24,8 @@ def check_config(cfg: CfgNode, eval_only: bool = False) -> None:
     """
     Raise ConfigError unless ``cfg`` can run here: EFL hyper-parameters in range, the device present, every
     dataset it uses registered with its files in place (the embedded synthetic sets are generated on first
-    use), MODEL.RETINANET.NUM_CLASSES equal to the datasets' number of categories, and for ``eval_only`` the
-    weights to evaluate.
+    use), MODEL.RETINANET.NUM_CLASSES equal to the datasets' number of categories, training images to train on,
+    and the weights named by MODEL.WEIGHTS (needed for ``eval_only``).
     """
     try:
         check_efl_hyperparameters(cfg.MODEL.EFL.GAMMA_B, cfg.MODEL.EFL.SCALE, cfg.MODEL.EFL.ALPHA)
@@ -40,7 +40,10 @@ def check_config(cfg: CfgNode, eval_only: bool = False) -> None:
     for name in dict.fromkeys(names):
         _check_dataset_files(name)
         _check_num_classes(name, cfg.MODEL.RETINANET.NUM_CLASSES)
-    if eval_only:
+    if not eval_only:
+        for name in cfg.DATASETS.TRAIN:
+            _check_has_training_images(name, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    if eval_only or cfg.MODEL.WEIGHTS:
         _check_weights(cfg.MODEL.WEIGHTS)
 
 
@@ -99,8 +102,21 @@ def _check_num_classes(name: str, num_classes: int) -> None:
         )
 
 
+def _check_has_training_images(name: str, filter_empty: bool) -> None:
+    if name.startswith(("lvis_", "coco_")):
+        return  # detectron2's own sets: their files were checked, loading them here would take a minute
+    records = DatasetCatalog.get(name)
+    if not records:
+        raise ConfigError(f"Dataset '{name}' has no images: check its annotation file")
+    if filter_empty and not any(r.get("annotations") for r in records):
+        raise ConfigError(
+            f"Dataset '{name}' has no image with annotations, and DATALOADER.FILTER_EMPTY_ANNOTATIONS drops "
+            "images without any: nothing would be left to train on"
+        )
+
+
 def _check_weights(weights: str) -> None:
     if not weights:
         raise ConfigError("--eval-only needs the weights to evaluate: add MODEL.WEIGHTS /path/to/model.pth")
     if "://" not in weights and not os.path.isfile(weights):
-        raise ConfigError(f"MODEL.WEIGHTS file not found: {weights}")
+        raise ConfigError(f"MODEL.WEIGHTS file not found: {weights} (give a path, a detectron2:// URL or \"\")")

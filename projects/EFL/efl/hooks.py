@@ -3,7 +3,9 @@ import torch
 
 from detectron2.engine import HookBase
 
-__all__ = ["FullModelGradientClipping", "FULL_MODEL"]
+from .loss import EqualizedFocalLoss
+
+__all__ = ["FullModelGradientClipping", "RevertStatisticsOfSkippedSteps", "FULL_MODEL"]
 
 # SOLVER.CLIP_GRADIENTS.CLIP_TYPE value that clips the norm of all gradients together. detectron2's own "norm"
 # clips each parameter's gradient separately; the EFL recipe clips the whole model's, like
@@ -28,3 +30,20 @@ class FullModelGradientClipping(HookBase):
         if scaler is not None and scaler.is_enabled():
             scaler.unscale_(trainer.optimizer)  # clip the true gradients; scaler.step() knows they are unscaled
         torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), self.max_norm, self.norm_type)
+
+
+class RevertStatisticsOfSkippedSteps(HookBase):
+    """
+    With AMP, GradScaler skips the optimizer step when a gradient overflowed, after EFL already added that step's
+    statistics in backward. This hook undoes them, so that skipped steps add nothing. Register it on the
+    AMPTrainer (DefaultTrainer._trainer); the scaler's scale drops exactly when it skipped a step.
+    """
+
+    def before_step(self):
+        self._scale = self.trainer.grad_scaler.get_scale()
+
+    def after_step(self):
+        if self.trainer.grad_scaler.get_scale() < self._scale:
+            for module in self.trainer.model.modules():
+                if isinstance(module, EqualizedFocalLoss):
+                    module.revert_last_update()

@@ -116,6 +116,8 @@ class ImprovedRetinaNet(EFLRetinaNet):
     At test time the score of (anchor, class) is sigmoid(cls) * sigmoid(IoU logit).
     """
 
+    ema_normalizer = False
+
     @configurable
     def __init__(
         self,

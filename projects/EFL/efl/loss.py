@@ -14,12 +14,15 @@ few positives has a small g_j, hence a larger focusing factor (easy negatives ar
 larger weight. With g = 1 everywhere, EFL is the sigmoid focal loss.
 """
 import functools
+import logging
 import os
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from detectron2.utils.events import get_event_storage, has_event_storage
 
 from .kernels.reference import efl_reference
 from .kernels.torch_efl import efl_torch
@@ -31,6 +34,12 @@ __all__ = ["EqualizedFocalLoss", "EqualizedQualityFocalLoss", "check_efl_hyperpa
 IMPLEMENTATIONS = ("auto", "triton", "torch", "reference")
 
 StatisticsSink = Callable[[Tensor, Tensor], None]
+
+logger = logging.getLogger(__name__)
+
+
+def _current_iteration() -> str:
+    return str(get_event_storage().iter) if has_event_storage() else "(outside a training loop)"
 
 
 def check_efl_hyperparameters(gamma_b: float, scale: float, alpha: float) -> None:
@@ -315,9 +324,26 @@ class EqualizedFocalLoss(nn.Module):
         increments = torch.stack((pos_inc, neg_inc))
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(increments)
+        # After the all-reduce every process takes the same decision.
+        if not torch.isfinite(increments).all():
+            logger.warning(
+                f"EqualizedFocalLoss: non-finite gradient statistics at iteration {_current_iteration()}; "
+                "this step adds nothing to pos_grad / neg_grad"
+            )
+            return
+        self._previous = (self.pos_grad.clone(), self.neg_grad.clone(), self.pos_neg.clone())
         self.pos_grad += increments[0]
         self.neg_grad += increments[1]
         torch.clamp(self.pos_grad / (self.neg_grad + 1e-10), 0.0, 1.0, out=self.pos_neg)
+
+    @torch.no_grad()
+    def revert_last_update(self) -> None:
+        """Undo the last statistics update exactly, for a training step that was then skipped (AMP overflow)."""
+        previous = getattr(self, "_previous", None)
+        if previous is not None:
+            for buffer, value in zip((self.pos_grad, self.neg_grad, self.pos_neg), previous):
+                buffer.copy_(value)
+            self._previous = None
 
 
 class EqualizedQualityFocalLoss(EqualizedFocalLoss):

@@ -46,9 +46,13 @@ def lvis_frequency_groups(dataset_name: str, num_classes: int) -> Optional[List[
 class EFLRetinaNet(RetinaNet):
     """
     RetinaNet whose classification term is :class:`EqualizedFocalLoss`. Box regression, anchor labelling and
-    the loss normaliser are RetinaNet's. The EFL statistics are buffers of ``self.cls_loss`` and are saved
-    with the model.
+    the loss normaliser are RetinaNet's. The EFL statistics are buffers of ``self.cls_loss``, and the normaliser
+    (an exponential moving average of the positive count, a Python float in RetinaNet, reset by a resume) is the
+    buffer ``loss_normalizer``: both are saved with the model.
     """
+
+    # Subclasses with a per-step normaliser set this to False.
+    ema_normalizer = True
 
     @configurable
     def __init__(
@@ -84,6 +88,9 @@ class EFLRetinaNet(RetinaNet):
         )
         groups = None if frequency_groups is None else torch.as_tensor(frequency_groups)
         self.register_buffer("frequency_groups", groups, persistent=False)
+        if self.ema_normalizer:
+            # float64, so that the average evolves exactly as RetinaNet's Python float does (same start, 100)
+            self.register_buffer("loss_normalizer", torch.tensor(100.0, dtype=torch.float64))
 
     @classmethod
     def from_config(cls, cfg):
@@ -136,7 +143,7 @@ class EFLRetinaNet(RetinaNet):
         num_pos_anchors = pos_mask.sum().item()
         storage = get_event_storage()
         storage.put_scalar("num_pos_anchors", num_pos_anchors / num_images)
-        normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 100)
+        normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 100).item()
         self._put_focusing_factors(storage)
 
         loss_cls = self.cls_loss.forward_dense(pred_logits, gt_labels, normalizer)

@@ -1,0 +1,103 @@
+"""
+train_net.py's ``main`` started through detectron2's ``launch`` (as train_net.py starts it), with one hook added
+that checks the EFL statistics after every iteration. Used by test_distributed.py; arguments are train_net.py's.
+
+After each step, on every process:
+- pos_grad, neg_grad and pos_neg are all-gathered: they must be bit-identical on all ranks;
+- each rank's |dL/dz| of this step, summed per class over positive and negative cells from the logits' own
+  gradients in float64, is all-gathered and added up: the buffers must have grown by that much.
+Each rank writes what it saw to OUTPUT_DIR/statistics_rank<r>.json.
+"""
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from detectron2.engine import HookBase, default_argument_parser, launch
+from detectron2.utils import comm
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class CheckStatistics(HookBase):
+    def __init__(self):
+        self.captured = None
+        self.expected = None
+        self.report = {"iterations": 0, "max_relative_error": 0.0}
+
+    def before_train(self):
+        loss = self.loss_module()
+        self.expected = torch.stack([loss.pos_grad, loss.neg_grad]).double().clone()
+        forward_dense = loss.forward_dense
+
+        def capture(levels, labels, normalizer):
+            for x in levels:
+                x.retain_grad()
+            self.captured = (levels, labels)
+            return forward_dense(levels, labels, normalizer)
+
+        loss.forward_dense = capture
+
+    def loss_module(self):
+        model = self.trainer.model
+        return getattr(model, "module", model).cls_loss
+
+    def after_step(self):
+        loss = self.loss_module()
+        buffers = torch.stack([loss.pos_grad, loss.neg_grad, loss.pos_neg])
+        for other in comm.all_gather(buffers):
+            assert torch.equal(other, buffers), "EFL statistics differ between ranks"
+
+        levels, labels = self.captured
+        num_classes = loss.num_classes
+        grads = [
+            x.grad.double().reshape(x.shape[0], -1, num_classes, x.shape[2] * x.shape[3]).permute(0, 3, 1, 2)
+            for x in levels
+        ]
+        rows = torch.cat([g.reshape(g.shape[0], -1, num_classes) for g in grads], dim=1).reshape(-1, num_classes)
+        flat = labels.reshape(-1)
+        valid = flat >= 0
+        target = torch.zeros_like(rows)
+        fg = valid & (flat < num_classes)
+        target[fg.nonzero().squeeze(1), flat[fg]] = 1.0
+        magnitude = rows.abs() * valid[:, None]
+        local = torch.stack([(magnitude * target).sum(0), (magnitude * (1 - target)).sum(0)])
+        self.expected += sum(comm.all_gather(local))
+        error = ((buffers[:2].double() - self.expected).abs() / self.expected.clamp(min=1e-12)).max().item()
+        assert error < 1e-4, f"statistics differ from the ranks' gradients by {error:.2e}"
+        self.report["iterations"] += 1
+        self.report["max_relative_error"] = max(self.report["max_relative_error"], error)
+        self.report["final"] = buffers.tolist()
+        self.report["world_size"] = comm.get_world_size()
+
+    def after_train(self):
+        path = Path(self.trainer.cfg.OUTPUT_DIR) / f"statistics_rank{comm.get_rank()}.json"
+        path.write_text(json.dumps(self.report))
+
+
+def worker(args):
+    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+
+    class CheckedTrainer(train_net.Trainer):
+        def build_hooks(self):
+            return super().build_hooks() + [CheckStatistics()]
+
+    train_net.Trainer = CheckedTrainer
+    train_net.main(args)
+
+
+if __name__ == "__main__":
+    os.chdir(REPO)
+    args = default_argument_parser().parse_args()
+    launch(
+        worker,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
