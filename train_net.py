@@ -28,6 +28,7 @@ from detectron2.utils.logger import setup_logger
 from efl import ConfigError, add_efl_config, build_evaluator, check_config
 from efl.checkpoint import EFLCheckpointer
 from efl.data.train_loader import build_resumable_train_loader
+from efl.data.transforms import build_test_loader
 from efl.hooks import FULL_MODEL, FullModelGradientClipping, RevertStatisticsOfSkippedSteps
 
 
@@ -77,6 +78,10 @@ class Trainer(DefaultTrainer):
             cfg.defrost()
             cfg.SOLVER.CLIP_GRADIENTS.ENABLED = False
         return super().build_optimizer(cfg, model)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -32,3 +32,9 @@ def add_efl_config(cfg: CN) -> None:
     cfg.MODEL.IMPROVED_BASELINE.IOU_BRANCH = True
     # weight the GIoU box loss by the IoU targets and normalise by their sum (else / number of positives)
     cfg.MODEL.IMPROVED_BASELINE.IOU_WEIGHTED_BOX_LOSS = True
+
+    # pad input images to a multiple of this (0: the FPN's coarsest stride, detectron2's default); read by
+    # build_retinanet_resnet_fpn_lateral_p6p7_backbone (the released EFL models pad to 64)
+    cfg.MODEL.FPN.SIZE_DIVISIBILITY = 0
+    # library of the test-time resize: "pil" (detectron2's) or "opencv" (cv2.INTER_LINEAR, the released EFL models')
+    cfg.INPUT.TEST_RESIZE_BACKEND = "pil"

@@ -27,7 +27,13 @@ from .atss import atss_assign
 from .loss import EqualizedFocalLoss, EqualizedQualityFocalLoss
 from .retinanet import EFLRetinaNet
 
-__all__ = ["ImprovedRetinaNet", "IoURetinaNetHead", "LateralP6P7", "build_retinanet_resnet_fpn_lateral_p6p7_backbone"]
+__all__ = [
+    "ImprovedRetinaNet",
+    "IoURetinaNetHead",
+    "LateralP6P7",
+    "PaddedFPN",
+    "build_retinanet_resnet_fpn_lateral_p6p7_backbone",
+]
 
 CLS_LOSSES = ("focal", "efl", "eqfl")
 
@@ -55,12 +61,23 @@ class LateralP6P7(nn.Module):
         return [p6, self.p7(p6)]
 
 
+class PaddedFPN(FPN):
+    """detectron2's FPN, whose inputs may be padded to another multiple than its coarsest stride."""
+
+    def __init__(self, *, size_divisibility: int = 0, **kwargs):
+        """size_divisibility: pad images to a multiple of this; 0 keeps FPN's (the coarsest output stride)."""
+        super().__init__(**kwargs)
+        if size_divisibility:
+            self._size_divisibility = size_divisibility
+
+
 @BACKBONE_REGISTRY.register()
 def build_retinanet_resnet_fpn_lateral_p6p7_backbone(cfg, input_shape: ShapeSpec):
-    """ResNet-FPN P3-P7 whose P6/P7 come from the C5 lateral (:class:`LateralP6P7`)."""
+    """ResNet-FPN P3-P7 whose P6/P7 come from the C5 lateral (:class:`LateralP6P7`), padded as MODEL.FPN.SIZE_DIVISIBILITY."""
     bottom_up = build_resnet_backbone(cfg, input_shape)
     top_block = LateralP6P7(cfg.MODEL.FPN.OUT_CHANNELS)
-    backbone = FPN(
+    backbone = PaddedFPN(
+        size_divisibility=cfg.MODEL.FPN.SIZE_DIVISIBILITY,
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
