@@ -16,13 +16,14 @@ from efl.released_checkpoint import ConversionError, convert_state_dict, detect_
 from test_train_net import read_results, train_net
 
 KEY_LISTS = {50: "up_efl_r50_keys.txt", 101: "up_efl_r101_keys.txt"}
-REFERENCE = REPO.parent / "shared" / "reference"
+# `key [shape]` of every tensor in the released files, in their order (established from the official code)
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def released_keys(depth):
     """(key, shape) of every tensor of the released file, in its order."""
     keys = []
-    for line in (REFERENCE / KEY_LISTS[depth]).read_text().splitlines():
+    for line in (FIXTURES / KEY_LISTS[depth]).read_text().splitlines():
         key, shape = re.fullmatch(r"(\S+) \[(.*)\]", line.strip()).groups()
         keys.append((key, tuple(int(s) for s in shape.split(",") if s)))
     return keys
