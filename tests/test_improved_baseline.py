@@ -58,28 +58,21 @@ def test_iou_targets_weighted_giou_and_iou_branch_on_known_boxes():
         images = model.preprocess_image(inputs)
         features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
         anchors = model.anchor_generator(features)
-    targets, weights = [], []
+    targets, giou = [], []
+    all_anchors = Boxes.cat(anchors).tensor
     for x in inputs:
         gt = x["instances"].gt_boxes
         matched, _ = atss_assign(anchors, gt, 18)
         positive = matched >= 0
-        anchor_boxes = Boxes.cat(anchors).tensor[positive]
-        t = pairwise_iou(Boxes(anchor_boxes), gt)[torch.arange(int(positive.sum())), matched[positive]]
-        targets.append(t)
-    t = torch.cat(targets)
+        assigned = gt.tensor[matched[positive]]
+        targets.append(pairwise_iou(Boxes(all_anchors[positive]), gt)[torch.arange(int(positive.sum())), matched[positive]])
+        giou.append(giou_loss_reference(all_anchors[positive], assigned))
+    t, giou = torch.cat(targets), torch.cat(giou)
     num_pos = len(t)
     assert num_pos > 5
     expected_iou_loss = (F.softplus(torch.tensor(b)) * num_pos - b * t.sum()) / num_pos
     torch.testing.assert_close(losses["loss_iou"], expected_iou_loss, rtol=1e-5, atol=1e-6)
-    # GIoU of an anchor with its box, weighted by t, over sum(t)
-    giou_terms = []
-    for x in inputs:
-        gt = x["instances"].gt_boxes.tensor
-        matched, _ = atss_assign(anchors, x["instances"].gt_boxes, 18)
-        positive = matched >= 0
-        a, g = Boxes.cat(anchors).tensor[positive], gt[matched[positive]]
-        giou_terms.append(giou_loss_reference(a, g))
-    giou = torch.cat(giou_terms)
+    # GIoU of each anchor with its box, weighted by t, over sum(t)
     torch.testing.assert_close(losses["loss_box_reg"], (giou * t).sum() / t.sum(), rtol=1e-5, atol=1e-6)
 
 
