@@ -113,6 +113,22 @@ class IoURetinaNetHead(RetinaNetHead):
         return logits, deltas, ious
 
 
+def _build_cls_loss(cfg, efl: EqualizedFocalLoss) -> EqualizedFocalLoss:
+    """MODEL.IMPROVED_BASELINE.CLS_LOSS: "efl" (``efl``, built from MODEL.EFL), "focal" (EFL with s = 0, which is
+    exactly sigmoid focal loss with RETINANET.FOCAL_LOSS_*) or "eqfl" (EQFL with MODEL.EFL's settings)."""
+    kind = cfg.MODEL.IMPROVED_BASELINE.CLS_LOSS
+    if kind == "efl":
+        return efl
+    if kind == "focal":
+        head = cfg.MODEL.RETINANET
+        return EqualizedFocalLoss(efl.num_classes, head.FOCAL_LOSS_GAMMA, 0.0, head.FOCAL_LOSS_ALPHA, efl.implementation)
+    if kind == "eqfl":
+        return EqualizedQualityFocalLoss(
+            efl.num_classes, efl.gamma_b, efl.scale, efl.implementation, efl.focusing, efl.weighting
+        )
+    raise ValueError(f"MODEL.IMPROVED_BASELINE.CLS_LOSS must be one of {CLS_LOSSES}, got {kind!r}")
+
+
 def _mean_over_processes(value: Tensor) -> Tensor:
     """The mean of a scalar over all processes (the official normalisers are per-GPU averages)."""
     if comm.get_world_size() > 1:
@@ -139,7 +155,6 @@ class ImprovedRetinaNet(EFLRetinaNet):
     def __init__(
         self,
         *,
-        cls_loss_type: str = "efl",
         atss_topk: int = 18,
         iou_branch: bool = True,
         iou_weighted_box_loss: bool = True,
@@ -147,25 +162,12 @@ class ImprovedRetinaNet(EFLRetinaNet):
     ):
         """
         Args:
-            cls_loss_type: "focal" (EFL with s = 0, which is exactly sigmoid focal loss), "efl" or "eqfl".
             atss_topk: ATSS candidates per level and box; 0 keeps RetinaNet's IoU-threshold matching.
             iou_branch: train the IoU prediction and multiply its sigmoid into the test scores.
             iou_weighted_box_loss: weight the GIoU loss by the IoU targets (else plain GIoU, / P).
             kwargs: arguments of :class:`EFLRetinaNet`.
         """
         super().__init__(**kwargs)
-        if cls_loss_type not in CLS_LOSSES:
-            raise ValueError(f"MODEL.IMPROVED_BASELINE.CLS_LOSS must be one of {CLS_LOSSES}, got {cls_loss_type!r}")
-        efl = self.cls_loss
-        if cls_loss_type == "focal":
-            self.cls_loss = EqualizedFocalLoss(
-                self.num_classes, self.focal_loss_gamma, 0.0, self.focal_loss_alpha, efl.implementation
-            )
-        elif cls_loss_type == "eqfl":
-            self.cls_loss = EqualizedQualityFocalLoss(
-                self.num_classes, efl.gamma_b, efl.scale, efl.implementation, efl.focusing, efl.weighting
-            )
-        self.cls_loss_type = cls_loss_type
         self.atss_topk = atss_topk
         self.iou_branch = iou_branch
         self.iou_weighted_box_loss = iou_weighted_box_loss
@@ -176,7 +178,7 @@ class ImprovedRetinaNet(EFLRetinaNet):
         feature_shapes = [ret["backbone"].output_shape()[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
         ret.update(
             head=IoURetinaNetHead(cfg, feature_shapes),
-            cls_loss_type=cfg.MODEL.IMPROVED_BASELINE.CLS_LOSS,
+            cls_loss=_build_cls_loss(cfg, ret["cls_loss"]),
             atss_topk=cfg.MODEL.IMPROVED_BASELINE.ATSS_TOPK,
             iou_branch=cfg.MODEL.IMPROVED_BASELINE.IOU_BRANCH,
             iou_weighted_box_loss=cfg.MODEL.IMPROVED_BASELINE.IOU_WEIGHTED_BOX_LOSS,
@@ -239,7 +241,7 @@ class ImprovedRetinaNet(EFLRetinaNet):
         target_boxes = torch.stack(gt_boxes)[pos_mask]
         iou_targets = matched_pairwise_iou(Boxes(pred_boxes.detach()), Boxes(target_boxes)).clamp(min=0.0)
 
-        if self.cls_loss_type == "eqfl":
+        if isinstance(self.cls_loss, EqualizedQualityFocalLoss):
             quality = torch.zeros_like(gt_labels, dtype=torch.float32)
             quality[pos_mask] = iou_targets
             loss_cls = self.cls_loss.forward_dense(pred_logits, gt_labels, quality, normalizer)

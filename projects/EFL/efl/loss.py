@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from detectron2.utils.events import get_event_storage, has_event_storage
 
+from .kernels import DenseTargets
 from .kernels.reference import efl_reference
 from .kernels.torch_efl import efl_torch
 
@@ -79,7 +80,7 @@ def _resolve_implementation(requested: str, device: torch.device) -> str:
 
 
 # Arguments of _EqualizedFocalLossFunction.forward before the per-level logits.
-_NUM_ARGS = 8
+_NUM_ARGS = 3
 
 
 class _EqualizedFocalLossFunction(torch.autograd.Function):
@@ -95,32 +96,20 @@ class _EqualizedFocalLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
-        labels: Tensor,
-        quality: Optional[Tensor],
-        gamma: Tensor,
-        w_pos: Tensor,
-        w_neg: Tensor,
-        num_anchors: int,
-        implementation: str,
-        sink: Optional[StatisticsSink],
-        *levels: Tensor,
+        ctx, targets: DenseTargets, implementation: str, sink: Optional[StatisticsSink], *levels: Tensor
     ) -> Tensor:
         want_grad = any(ctx.needs_input_grad[_NUM_ARGS:])
         ctx.implementation = implementation
-        ctx.num_anchors = num_anchors
         ctx.sink = sink
         if implementation == "triton":
             from .kernels.triton_efl import efl_loss_triton
 
             if want_grad:
-                ctx.quality = quality
-                ctx.save_for_backward(labels, gamma, w_pos, w_neg, *levels)
-            return efl_loss_triton(levels, labels, quality, gamma, w_pos, w_neg, num_anchors)
+                ctx.targets = targets
+                ctx.save_for_backward(*levels)
+            return efl_loss_triton(levels, targets)
         compute = efl_reference if implementation == "reference" else efl_torch
-        loss, grads, pos_sum, neg_sum = compute(
-            levels, labels, quality, gamma, w_pos, w_neg, num_anchors, want_grad
-        )
+        loss, grads, pos_sum, neg_sum = compute(levels, targets, want_grad)
         ctx.grads = grads
         ctx.statistics = (pos_sum, neg_sum)
         return loss
@@ -130,10 +119,7 @@ class _EqualizedFocalLossFunction(torch.autograd.Function):
         if ctx.implementation == "triton":
             from .kernels.triton_efl import efl_grad_triton
 
-            labels, gamma, w_pos, w_neg, *levels = ctx.saved_tensors
-            grads, pos_sum, neg_sum = efl_grad_triton(
-                levels, labels, ctx.quality, gamma, w_pos, w_neg, ctx.num_anchors, grad_output
-            )
+            grads, pos_sum, neg_sum = efl_grad_triton(ctx.saved_tensors, ctx.targets, grad_output)
         else:
             grads = ctx.grads
             if grads is None:
@@ -292,16 +278,9 @@ class EqualizedFocalLoss(nn.Module):
         w_pos, w_neg = self._class_weights(weight, normalizer)
         implementation = _resolve_implementation(self.implementation, levels[0].device)
         track = self.training and torch.is_grad_enabled() and any(x.requires_grad for x in levels)
+        targets = DenseTargets(gt_labels, quality, gamma, w_pos, w_neg, num_anchors)
         return _EqualizedFocalLossFunction.apply(
-            gt_labels,
-            quality,
-            gamma,
-            w_pos,
-            w_neg,
-            num_anchors,
-            implementation,
-            self._accumulate if track else None,
-            *levels,
+            targets, implementation, self._accumulate if track else None, *levels
         )
 
     def _check_values(self, logits: Tensor, gt_labels: Tensor, normalizer: float) -> None:

@@ -58,34 +58,21 @@ class EFLRetinaNet(RetinaNet):
     def __init__(
         self,
         *,
-        efl_gamma_b: float = 2.0,
-        efl_scale: float = 8.0,
-        efl_alpha: float = 0.25,
-        efl_implementation: str = "auto",
-        efl_focusing: bool = True,
-        efl_weighting: bool = True,
+        cls_loss: EqualizedFocalLoss,
         frequency_groups: Optional[Sequence[int]] = None,
         **kwargs,
     ):
         """
         Args:
-            efl_gamma_b, efl_scale, efl_alpha: EFL's gamma_b, s and alpha.
-            efl_implementation: which EFL code path runs (see :class:`EqualizedFocalLoss`).
-            efl_focusing, efl_weighting: EFL's ablation switches (see :class:`EqualizedFocalLoss`).
+            cls_loss: the classification loss (EqualizedFocalLoss or a subclass), which holds the statistics.
             frequency_groups: optional (C,) LVIS frequency group of each class (0 rare, 1 common,
                 2 frequent); when given, the mean focusing factor of each group is logged while training.
             kwargs: arguments of :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
-        self.cls_loss = EqualizedFocalLoss(
-            self.num_classes,
-            efl_gamma_b,
-            efl_scale,
-            efl_alpha,
-            implementation=efl_implementation,
-            focusing=efl_focusing,
-            weighting=efl_weighting,
-        )
+        if cls_loss.num_classes != self.num_classes:
+            raise ValueError(f"cls_loss has {cls_loss.num_classes} classes, the detector {self.num_classes}")
+        self.cls_loss = cls_loss
         groups = None if frequency_groups is None else torch.as_tensor(frequency_groups)
         self.register_buffer("frequency_groups", groups, persistent=False)
         if self.ema_normalizer:
@@ -95,13 +82,15 @@ class EFLRetinaNet(RetinaNet):
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        ret.update(
-            efl_gamma_b=cfg.MODEL.EFL.GAMMA_B,
-            efl_scale=cfg.MODEL.EFL.SCALE,
-            efl_alpha=cfg.MODEL.EFL.ALPHA,
-            efl_implementation=cfg.MODEL.EFL.IMPLEMENTATION,
-            efl_focusing=cfg.MODEL.EFL.FOCUSING_FACTOR,
-            efl_weighting=cfg.MODEL.EFL.WEIGHTING_FACTOR,
+        efl = cfg.MODEL.EFL
+        ret["cls_loss"] = EqualizedFocalLoss(
+            cfg.MODEL.RETINANET.NUM_CLASSES,
+            efl.GAMMA_B,
+            efl.SCALE,
+            efl.ALPHA,
+            implementation=efl.IMPLEMENTATION,
+            focusing=efl.FOCUSING_FACTOR,
+            weighting=efl.WEIGHTING_FACTOR,
         )
         if cfg.DATASETS.TRAIN:
             ret["frequency_groups"] = lvis_frequency_groups(

@@ -3,26 +3,22 @@ EFL and EQFL written term by term, differentiated by autograd: the slow, obvious
 (``MODEL.EFL.IMPLEMENTATION reference`` or ``EFL_IMPLEMENTATION=reference``). It builds the dense one-hot
 target and several (R, C) temporaries, which is what the fast paths avoid.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import DenseTargets
+
 __all__ = ["efl_reference"]
 
 
 def efl_reference(
-    levels: Sequence[Tensor],
-    labels: Tensor,
-    quality: Optional[Tensor],
-    gamma: Tensor,
-    w_pos: Tensor,
-    w_neg: Tensor,
-    num_anchors: int,
-    want_grad: bool,
+    levels: Sequence[Tensor], targets: DenseTargets, want_grad: bool
 ) -> Tuple[Tensor, List[Tensor], Tensor, Tensor]:
     """Same arguments and results as :func:`efl.kernels.torch_efl.efl_torch`."""
+    labels, quality, gamma, w_pos, w_neg, num_anchors = targets
     num_classes = gamma.numel()
 
     def as_rows(t: Tensor) -> Tensor:  # (N, A*C, H, W) -> (N, H*W*A, C): detectron2's anchor order

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import DenseTargets
+
 __all__ = ["efl_torch"]
 
 # Cells per block: bounds every float32 temporary to 4 MB.
@@ -101,28 +103,18 @@ def level_labels(labels: Tensor, offset: int, positions: int, num_anchors: int) 
 
 
 def efl_torch(
-    levels: Sequence[Tensor],
-    labels: Tensor,
-    quality: Optional[Tensor],
-    gamma: Tensor,
-    w_pos: Tensor,
-    w_neg: Tensor,
-    num_anchors: int,
-    want_grad: bool,
+    levels: Sequence[Tensor], targets: DenseTargets, want_grad: bool
 ) -> Tuple[Tensor, Optional[List[Tensor]], Tensor, Tensor]:
     """
     Args:
         levels: per-level (N, A*C, H, W) logits (a plain (R, C) matrix as its (1, C, R, 1) view), any float dtype.
-        labels: (N, R) int labels (-1 ignore, C background), R = sum of H*W*A over levels, rows in
-            (level, y, x, anchor) order.
-        quality: (N, R) float32 soft targets of the positive cells for EQFL, or None for EFL.
-        gamma, w_pos, w_neg: (C,) float32 focusing factors and weights.
-        num_anchors: A.
+        targets: labels, quality, focusing factors and weights (see :class:`DenseTargets`).
         want_grad: also compute dL/dlogits (per level, in the logits' dtype and layout) and the statistics.
 
     Returns:
         loss (scalar float32), grads or None, pos_sum (C,), neg_sum (C,).
     """
+    labels, quality, gamma, w_pos, w_neg, num_anchors = targets
     num_classes = gamma.numel()
     gamma, w_pos, w_neg = (v.view(-1, 1) for v in (gamma, w_pos, w_neg))
     loss = gamma.new_zeros(())

@@ -16,6 +16,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import DenseTargets
+
 __all__ = ["efl_loss_triton", "efl_grad_triton"]
 
 
@@ -154,14 +156,10 @@ def _position_stride(x: Tensor) -> int:
 def _launch(
     levels: Sequence[Tensor],
     grads: Optional[Sequence[Tensor]],
-    labels: Tensor,
-    quality: Optional[Tensor],
-    gamma: Tensor,
-    w_pos: Tensor,
-    w_neg: Tensor,
-    num_anchors: int,
+    targets: DenseTargets,
     grad_output: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor, Tensor]:
+    labels, quality, gamma, w_pos, w_neg, num_anchors = targets
     num_classes = gamma.numel()
     device = gamma.device
     with_grad = grads is not None
@@ -206,38 +204,20 @@ def _launch(
     return loss, pos_sum, neg_sum
 
 
-def efl_loss_triton(
-    levels: Sequence[Tensor],
-    labels: Tensor,
-    quality: Optional[Tensor],
-    gamma: Tensor,
-    w_pos: Tensor,
-    w_neg: Tensor,
-    num_anchors: int,
-) -> Tensor:
+def efl_loss_triton(levels: Sequence[Tensor], targets: DenseTargets) -> Tensor:
     """
     Args:
         levels: per-level (N, A*C, H, W) logits (a plain (R, C) matrix as its (1, C, R, 1) view).
-        labels: (N, R) int labels (-1 ignore, C background), R = sum of H*W*A over levels.
-        quality: (N, R) float32 soft targets of the positive cells (EQFL), or None (EFL).
-        gamma, w_pos, w_neg: (C,) float32 focusing factors and weights (alpha_t * gamma_j / gamma_b / normalizer).
-        num_anchors: A.
+        targets: labels, quality, focusing factors and weights (see :class:`DenseTargets`).
 
     Returns:
         Scalar float32 loss.
     """
-    return _launch(levels, None, labels, quality, gamma, w_pos, w_neg, num_anchors, None)[0]
+    return _launch(levels, None, targets, None)[0]
 
 
 def efl_grad_triton(
-    levels: Sequence[Tensor],
-    labels: Tensor,
-    quality: Optional[Tensor],
-    gamma: Tensor,
-    w_pos: Tensor,
-    w_neg: Tensor,
-    num_anchors: int,
-    grad_output: Tensor,
+    levels: Sequence[Tensor], targets: DenseTargets, grad_output: Tensor
 ) -> Tuple[List[Tensor], Tensor, Tensor]:
     """
     Same arguments as :func:`efl_loss_triton` plus the scalar ``grad_output``.
@@ -247,7 +227,5 @@ def efl_grad_triton(
         sums of |dL/dz| over positive and over negative cells (unscaled by ``grad_output``).
     """
     grads = [torch.empty_like(x) for x in levels]
-    _, pos_sum, neg_sum = _launch(
-        levels, grads, labels, quality, gamma, w_pos, w_neg, num_anchors, grad_output.reshape(1)
-    )
+    _, pos_sum, neg_sum = _launch(levels, grads, targets, grad_output.reshape(1))
     return grads, pos_sum, neg_sum
