@@ -106,15 +106,18 @@ def test_focusing_factors_of_each_frequency_group_reach_event_storage():
     counts = [c["image_count"] for c in MetadataCatalog.get("efl_synth_test_train").class_image_count]
     assert groups == [0 if n <= 10 else 1 if n <= 100 else 2 for n in counts]
     assert sorted(set(groups)) == [0, 1, 2]
-    model.cls_loss.pos_neg.copy_(torch.linspace(0, 1, NUM_CLASSES))
+    pos_neg = torch.linspace(0, 1, NUM_CLASSES)
+    model.cls_loss.pos_neg.copy_(pos_neg)
     gamma = model.cls_loss.focusing_factors()
-    with EventStorage() as storage:
+    with EventStorage() as storage:  # logged before the step updates the statistics
         model(make_inputs([([[10, 10, 40, 50]], [1])]))
         latest = {k: v for k, (v, _) in storage.latest().items()}
     for g, name in enumerate(["rare", "common", "frequent"]):
         members = [c for c in range(NUM_CLASSES) if groups[c] == g]
         assert latest[f"efl/gamma_{name}"] == pytest.approx(gamma[members].mean().item())
+        assert latest[f"efl/g_{name}"] == pytest.approx(pos_neg[members].mean().item())
     assert latest["efl/gamma_mean"] == pytest.approx(gamma.mean().item())
+    assert latest["efl/g_mean"] == pytest.approx(pos_neg.mean().item())
 
 
 def test_frequency_groups_must_match_the_number_of_classes():

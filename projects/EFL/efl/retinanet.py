@@ -148,13 +148,17 @@ class EFLRetinaNet(RetinaNet):
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
 
     def _put_focusing_factors(self, storage: EventStorage) -> None:
-        """Log the mean gamma_j of this step, over all classes and per LVIS frequency group."""
-        gamma = self.cls_loss.focusing_factors()
-        means = gamma.mean().unsqueeze(0)
-        if self.frequency_groups is not None:
-            sums = gamma.new_zeros(3).index_add_(0, self.frequency_groups, gamma)
-            sizes = torch.bincount(self.frequency_groups, minlength=3)
-            means = torch.cat((means, sums / sizes))  # an empty group gives nan: not logged below
-        names = ("efl/gamma_mean",) + tuple(f"efl/gamma_{g}" for g in FREQUENCY_GROUPS)
-        values = {n: v for n, v in zip(names, means.tolist()) if math.isfinite(v)}
+        """
+        Log the mean focusing factor gamma_j and gradient ratio g_j of this step, over all classes and per LVIS
+        frequency group. g_j shows the imbalance even when s = 0 leaves every gamma_j at gamma_b.
+        """
+        values = {}
+        for name, per_class in (("gamma", self.cls_loss.focusing_factors()), ("g", self.cls_loss.pos_neg)):
+            means = per_class.mean().unsqueeze(0)
+            if self.frequency_groups is not None:
+                sums = per_class.new_zeros(3).index_add_(0, self.frequency_groups, per_class)
+                sizes = torch.bincount(self.frequency_groups, minlength=3)
+                means = torch.cat((means, sums / sizes))  # an empty group gives nan: not logged below
+            names = (f"efl/{name}_mean",) + tuple(f"efl/{name}_{g}" for g in FREQUENCY_GROUPS)
+            values.update((n, v) for n, v in zip(names, means.tolist()) if math.isfinite(v))
         storage.put_scalars(**values, smoothing_hint=False)
