@@ -13,6 +13,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.lvis import load_lvis_json
 from detectron2.structures import BoxMode
 from lvis import LVIS
+from PIL import Image
 
 import efl.data
 from efl.data import (
@@ -20,9 +21,12 @@ from efl.data import (
     DEMO_SPEC,
     TEST_SPEC,
     SyntheticLVISSpec,
+    class_colour,
     ensure_synthetic_lvis,
+    family_image_counts,
     frequency_group,
     generate_synthetic_lvis,
+    look_alike_base,
     register_synthetic_lvis,
     synthetic_root,
     synthetic_spec_of,
@@ -105,13 +109,72 @@ def test_test_spec_train_split_is_long_tailed(test_root):
 def test_demo_spec_train_split_is_long_tailed(demo_train):
     _assert_long_tailed(demo_train, DEMO_SPEC)
     groups = collections.Counter(cat["frequency"] for cat in demo_train["categories"])
-    assert groups == {"r": 12, "c": 14, "f": 10}
-    assert len(demo_train["images"]) == 1000
+    assert groups == {"r": 6, "c": 6, "f": 6}
+    assert len(demo_train["images"]) == 2000
     assert [cat["name"] for cat in demo_train["categories"]] == list(CLASS_NAMES)
-    # The groups are shuffled over shapes: no shape has all its colours in one group.
-    for shape in ("circle", "square", "triangle", "diamond", "star", "cross"):
-        categories = [cat for cat in demo_train["categories"] if cat["name"].endswith(shape)]
-        assert len({cat["frequency"] for cat in categories}) > 1
+
+
+def test_each_demo_family_is_a_frequent_base_with_a_common_and_a_rare_shade():
+    counts = DEMO_SPEC.image_counts
+    for family in range(6):
+        base, light, dark = range(3 * family, 3 * family + 3)
+        assert look_alike_base(light) == look_alike_base(dark) == look_alike_base(base) == base
+        assert frequency_group(counts[base]) == "f"
+        assert sorted(frequency_group(counts[c]) for c in (light, dark)) == ["c", "r"]
+        assert CLASS_NAMES[light] == f"light_{CLASS_NAMES[base]}" and CLASS_NAMES[dark] == f"dark_{CLASS_NAMES[base]}"
+    # Both light and dark shades are rare in some families.
+    rare = [CLASS_NAMES[c].split("_")[0] for c, n in enumerate(counts) if frequency_group(n) == "r"]
+    assert {"light", "dark"} == set(rare)
+    assert family_image_counts(6, (375, 1000), (15, 60), (1, 5), seed=0) == counts
+
+
+def test_shade_colours_are_the_base_colour_shifted_on_every_channel():
+    assert CLASS_NAMES[:3] == ("red_circle", "light_red_circle", "dark_red_circle")
+    assert class_colour(0, 35) == (190, 60, 60)
+    assert class_colour(1, 35) == (225, 95, 95)
+    assert class_colour(2, 20) == (170, 40, 40)
+    # Among the classes of its shape, a shade's nearest is its base (its sibling shade is next, twice as far), so
+    # that only a small difference of colour tells a shade from its base.
+    for cls, name in enumerate(CLASS_NAMES):
+        if look_alike_base(cls) == cls:
+            continue
+        same_shape = [c for c, other in enumerate(CLASS_NAMES) if other.split("_")[-1] == name.split("_")[-1]]
+        distance = {c: np.linalg.norm(np.subtract(class_colour(c, 35), class_colour(cls, 35))) for c in same_shape}
+        nearest, second = sorted((c for c in same_shape if c != cls), key=distance.get)[:2]
+        assert nearest == look_alike_base(cls) and distance[nearest] == pytest.approx(35 * np.sqrt(3))
+        assert distance[second] >= 2 * distance[nearest] - 1e-9
+
+
+def _mean_object_colours(root: str) -> Dict[int, np.ndarray]:
+    """The mean colour of each class's objects in both splits, sampled at the centre of each polygon."""
+    samples = collections.defaultdict(list)
+    for split in SPLITS:
+        dataset = _load(root, split)
+        anns = collections.defaultdict(list)
+        for ann in dataset["annotations"]:
+            anns[ann["image_id"]].append(ann)
+        for image in dataset["images"]:
+            pixels = np.asarray(Image.open(os.path.join(root, split, image["file_name"])), dtype=np.float64)
+            for ann in anns[image["id"]]:
+                x, y = np.array(ann["segmentation"][0]).reshape(-1, 2).mean(axis=0).round().astype(int)
+                samples[ann["category_id"] - 1].append(pixels[y - 1 : y + 2, x - 1 : x + 2].reshape(-1, 3).mean(0))
+    # The median over objects ignores the few whose centre another object covers.
+    return {cls: np.median(colours, axis=0) for cls, colours in samples.items()}
+
+
+def test_each_shade_looks_most_like_its_base(test_root):
+    # TEST_SPEC: red circle, its light and dark shades; green square, its light and dark shades; blue triangle and
+    # its light shade. Drawn colours (JPEG, colour jitter of +-25, pixel noise of +-10) stay near the design.
+    colours = _mean_object_colours(test_root)
+    shift = np.sqrt(3) * TEST_SPEC.shade_shift  # 60.6 RGB units
+    for cls in range(8):
+        np.testing.assert_allclose(colours[cls], class_colour(cls, TEST_SPEC.shade_shift), atol=15)
+        base = look_alike_base(cls)
+        if cls == base:
+            continue
+        assert np.linalg.norm(colours[cls] - colours[base]) == pytest.approx(shift, abs=15)
+        others = [c for c in range(8) if c != cls]
+        assert min(others, key=lambda c: np.linalg.norm(colours[cls] - colours[c])) == base
 
 
 def test_tight_spec_is_packed_exactly(tmp_path):
@@ -171,11 +234,17 @@ def test_negative_categories_are_exactly_the_absent_ones(test_root, split):
         assert image["neg_category_ids"] == sorted(all_ids - set(present[image["id"]]))
 
 
-def test_val_split_draws_classes_uniformly(test_root):
+def test_val_split_has_every_class_and_bases_more_often_than_shades(test_root, tmp_path):
     val = _load(test_root, "val")
     # Even the rarest training classes have several val instances.
     assert min(_image_counts(val)) >= 2
     assert all(1 <= len(classes) <= 4 for classes in _classes_per_image(val).values())
+    spec = SyntheticLVISSpec(TEST_SPEC.image_counts, 120, 600, image_size=64)
+    generate_synthetic_lvis(str(tmp_path / "big_val"), spec)
+    instances = _image_counts(_load(str(tmp_path / "big_val"), "val"))
+    bases, shades = [instances[c] for c in (0, 3, 6)], [instances[c] for c in (1, 2, 4, 5, 7)]
+    # Drawn without replacement (distinct classes per image), bases come about 1.75 times as often as shades here.
+    assert min(bases) > 1.4 * max(shades) and min(shades) > 100
 
 
 def test_lvis_api_loads_both_splits(test_root):
@@ -278,7 +347,8 @@ def test_generate_refuses_an_existing_root(test_root):
         (SyntheticLVISSpec((4, 4, 4, 4, 4), 4, 2), "exceeds 4 objects"),
         (SyntheticLVISSpec((11, 2), 10, 2), "no count can exceed"),
         (SyntheticLVISSpec((5, 0), 5, 2), "at least one training image"),
-        (SyntheticLVISSpec((1,) * 37, 40, 2), "1 to 36 classes"),
+        (SyntheticLVISSpec((1,) * 19, 40, 2), "1 to 18 classes"),
+        (SyntheticLVISSpec((2, 2), 2, 2, shade_shift=36), "shade_shift"),
         (SyntheticLVISSpec((2, 2), 10, 2), "every training image needs an object"),
         (SyntheticLVISSpec((2, 2), 2, 0), "at least one train and one val image"),
         (SyntheticLVISSpec((2, 2), 2, 2, image_size=32), "image_size"),

@@ -1,25 +1,25 @@
-"""tools/make_tables.py and tools/plot_efl_stats.py on fixture runs."""
-import importlib.util
+"""The tools: make_tables.py and plot_efl_stats.py on fixture runs, predict.py on an image, experiment.py (and the
+demo's figures) on 2-iteration runs."""
 import json
+import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
-from conftest import REPO
+from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, small_cfg
 
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_tables = load_tool("make_tables")
-plot_efl_stats = load_tool("plot_efl_stats")
+# The tools import each other as scripts do: from their own folder.
+sys.path.insert(0, str(REPO / "tools"))
+import demo  # noqa: E402
+import experiment  # noqa: E402
+import make_tables  # noqa: E402
+import plot_efl_stats  # noqa: E402
+import predict  # noqa: E402
 
 
 def fake_run(root, name, ap, apr, apc, apf, dataset="lvis_v1_val"):
@@ -61,16 +61,151 @@ def test_a_run_evaluated_on_several_datasets_needs_dataset(tmp_path):
     assert "| r | 1.0 | 2.0 |" in make_tables.render([run], dataset="lvis_v1_val")
 
 
-def test_plot_of_a_checkpoints_statistics(tmp_path):
-    pos_neg = torch.linspace(0.1, 1.0, 8)
-    torch.save({"model": {"cls_loss.pos_neg": pos_neg, "cls_loss.pos_grad": torch.ones(8)}}, tmp_path / "model_final.pth")
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"MODEL": {"EFL": {"GAMMA_B": 2.0, "SCALE": 8.0}}}))
+def fake_checkpoint(run_dir, pos_neg, scale):
+    run_dir.mkdir()
+    torch.save({"model": {"cls_loss.pos_neg": pos_neg, "cls_loss.pos_grad": torch.ones(8)}}, run_dir / "model_final.pth")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"MODEL": {"EFL": {"GAMMA_B": 2.0, "SCALE": scale}}}))
+    return run_dir / "model_final.pth"
+
+
+def test_plot_of_focal_g_beside_efl_gamma(tmp_path, capsys):
+    # efl_synth_test_train's classes have 104, 25, 4, 102, 8, 40, 12, 2 training images.
+    focal = fake_checkpoint(tmp_path / "focal", torch.tensor([1.0, 0.7, 0.3, 0.9, 0.4, 0.8, 0.6, 0.2]), 0.0)
+    efl = fake_checkpoint(tmp_path / "efl", torch.linspace(0.1, 1.0, 8), 8.0)
+    with open(focal.parent / "metrics.json", "w") as f:
+        for iteration in (19, 39):
+            f.write(json.dumps({"iteration": iteration, "efl/g_rare": 0.5, "efl/g_frequent": 0.9}) + "\n")
     output = tmp_path / "stats.png"
-    plot_efl_stats.main([str(tmp_path / "model_final.pth"), "--dataset", "efl_synth_test_train", "--output", str(output)])
+    summary = plot_efl_stats.main(
+        [str(focal), "--gamma-of", str(efl), "--dataset", "efl_synth_test_train", "--output", str(output)]
+    )
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and output.stat().st_size > 10_000
+    assert summary["g_rare"] == pytest.approx(0.3) and summary["g_frequent"] == pytest.approx(0.95)
+    assert summary["g_common"] == pytest.approx(0.7)
+    assert summary["spearman"] == pytest.approx(1.0)  # g_j ranks the classes exactly as their image counts
+    assert "rare 0.300, common 0.700, frequent 0.950; Spearman(g_j, training images) 1.00" in capsys.readouterr().out
+
+
+def test_spearman_averages_tied_ranks():
+    assert plot_efl_stats.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert plot_efl_stats.spearman([4, 3, 2, 1], [1, 10, 100, 1000]) == pytest.approx(-1.0)
+    # ranks (0.5, 0.5, 2, 3) against (0, 1, 2, 3): Pearson of the ranks
+    assert plot_efl_stats.spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(np.corrcoef([0.5, 0.5, 2, 3], [0, 1, 2, 3])[0, 1])
+    assert math.isnan(plot_efl_stats.spearman([1, 1, 1], [1, 2, 3]))
 
 
 def test_plot_refuses_a_checkpoint_without_efl_statistics(tmp_path):
     torch.save({"model": {"head.cls_score.bias": torch.zeros(8)}}, tmp_path / "focal.pth")
-    with pytest.raises(SystemExit, match="no EFL statistics"):
+    with pytest.raises(SystemExit, match="no EFL statistics.*SCALE 0.0"):
         plot_efl_stats.main([str(tmp_path / "focal.pth"), "--dataset", "efl_synth_test_train", "--gamma-b", "2", "--scale", "8"])
+
+
+@pytest.fixture(scope="module")
+def untrained_weights(tmp_path_factory):
+    """The test-size demo model, as initialised (predict.py needs weights, not good ones)."""
+    from detectron2.modeling import build_model
+
+    path = tmp_path_factory.mktemp("weights") / "model.pth"
+    torch.save({"model": build_model(small_cfg()).state_dict()}, path)
+    return path
+
+
+def predict_args(weights, *args):
+    return ["--config-file", str(DEMO_CONFIG), *SMALL_OPTS, "MODEL.WEIGHTS", str(weights), *args]
+
+
+def test_predict_draws_an_image_and_a_folder(untrained_weights, tmp_path):
+    from detectron2.data import DatasetCatalog
+
+    images = [r["file_name"] for r in DatasetCatalog.get("efl_synth_test_val")[:2]]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    Image.open(images[1]).save(folder / "second.png")
+    (folder / "notes.txt").write_text("not an image")  # skipped: not an image suffix
+    out = tmp_path / "out"
+    predict.main(predict_args(untrained_weights, "--input", images[0], str(folder), "--output", str(out), "--confidence", "0"))
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{images[0].rsplit('/', 1)[1][:-4]}.png", "second.png"])
+    drawing = np.asarray(Image.open(out / "second.png"))
+    assert drawing.shape == (480, 480, 3)  # the 128 px image, enlarged for legible labels
+    # With every detection drawn (confidence 0), the drawing differs from the image.
+    enlarged = np.asarray(Image.open(images[1]).resize((480, 480), Image.NEAREST)).astype(int)
+    assert np.abs(drawing.astype(int) - enlarged).max() > 100
+
+
+@pytest.mark.parametrize(
+    "make_input, message",
+    [
+        (lambda d: d / "missing.jpg", "input not found: .*missing.jpg"),
+        (lambda d: (d / "broken.jpg").write_text("not a jpeg") and d / "broken.jpg", "cannot read image .*broken.jpg"),
+        (lambda d: (d / "empty").mkdir() or d / "empty", "no image files .* in folder .*empty"),
+    ],
+)
+def test_predict_stops_with_one_line_for_a_bad_input(untrained_weights, tmp_path, make_input, message):
+    path = make_input(tmp_path)
+    with pytest.raises(SystemExit, match=f"^predict.py: error: {message}"):
+        predict.main(predict_args(untrained_weights, "--input", str(path), "--output", str(tmp_path / "out")))
+
+
+def test_predict_names_missing_weights(tmp_path):
+    Image.new("RGB", (64, 64)).save(tmp_path / "image.png")
+    args = predict_args(tmp_path / "nope.pth", "--input", str(tmp_path / "image.png"), "--output", str(tmp_path / "out"))
+    with pytest.raises(SystemExit, match="MODEL.WEIGHTS file not found: .*nope.pth"):
+        predict.main(args)
+
+
+def test_predict_command_line_reports_a_missing_input_in_one_line(untrained_weights, tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "predict.py"), *predict_args(untrained_weights, "--input", "nope.jpg", "--output", str(tmp_path))],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == "predict.py: error: input not found: nope.jpg"
+
+
+@pytest.fixture(scope="module")
+def experiment_runs(tmp_path_factory):
+    """tools/experiment.py on the test set: one seed of focal loss and EFL, 2 iterations each."""
+    out = tmp_path_factory.mktemp("experiment")
+    opts = [*SMALL_OPTS, "SOLVER.MAX_ITER", "2"]
+    return out, experiment.main(["--seeds", "7", "--device", "cpu", "--output-dir", str(out), *opts])
+
+
+def test_experiment_trains_each_loss_with_the_seed_and_tabulates_them(experiment_runs):
+    out, results = experiment_runs
+    assert list(results) == [7] and list(results[7]) == ["focal loss", "EFL"]
+    for arm, config in experiment.ARMS.items():
+        with open(out / "seed7" / config.stem / "config.yaml") as f:
+            cfg = yaml.safe_load(f)
+        assert cfg["SEED"] == 7 and cfg["MODEL"]["EFL"]["SCALE"] == (0.0 if arm == "focal loss" else 8.0)
+        assert 0.0 <= results[7][arm]["g_rare"] <= 1.0 and 0.0 <= results[7][arm]["APr"] <= 100.0
+    lines = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("|")]
+    assert lines[0] == "| seed | loss | AP | APr | APc | APf | g rare | g common | g frequent | Spearman |"
+    assert len(lines) == 2 + 2 + 3 and lines[2].startswith("| 7 | focal loss | ")
+
+
+def test_experiment_table_gives_mean_and_std_over_seeds_and_of_the_paired_difference():
+    def run(ap, apr, g_rare):
+        return {"AP": ap, "APr": apr, "APc": 30.0, "APf": 40.0, "g_rare": g_rare, "g_common": 0.8, "g_frequent": 1.0,
+                "spearman": math.nan}  # fmt: skip
+
+    results = {
+        1: {"focal loss": run(20.0, 10.0, 0.4), "EFL": run(21.0, 13.0, 0.9)},
+        2: {"focal loss": run(22.0, 12.0, 0.6), "EFL": run(22.0, 13.0, 0.9)},
+    }
+    lines = experiment.render(results).splitlines()
+    assert lines[2] == "| 1 | focal loss | 20.0 | 10.0 | 30.0 | 40.0 | 0.40 | 0.80 | 1.00 | - |"
+    assert lines[6] == "| mean ± std | focal loss | 21.0 ± 1.4 | 11.0 ± 1.4 | 30.0 ± 0.0 | 40.0 ± 0.0 | 0.50 | 0.80 | 1.00 | - |"
+    # EFL - focal loss per seed: AP +1 and 0, APr +3 and +1
+    assert lines[8] == "| mean ± std | EFL - focal loss | +0.5 ± 0.7 | +2.0 ± 1.4 | +0.0 ± 0.0 | +0.0 ± 0.0 |  |  |  |  |"
+
+
+def test_demo_figures_of_two_runs(experiment_runs, tmp_path):
+    out, results = experiment_runs
+    runs = {arm: out / "seed7" / config.stem for arm, config in experiment.ARMS.items()}
+    demo.plot_ap_by_group(results[7], "efl_synth_test_val", tmp_path / "ap.png")
+    demo.plot_rare_detections(runs, "cpu", tmp_path / "rare.png", num_images=2)
+    for name in ("ap.png", "rare.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # ground truth, focal loss, EFL: 3 rows of 2 images
+    width, height = Image.open(tmp_path / "rare.png").size
+    assert height > width

@@ -1,31 +1,40 @@
 #!/usr/bin/env python
 """
-Plot what EFL learned about each class: the focusing factor gamma_j and the gradient ratio g_j stored in a
-checkpoint, against the number of training images of the class (log scale), coloured by LVIS frequency group.
+What EFL's statistics say about each class, drawn the paper's way (its Figure 1): the gradient ratio g_j of every
+class, classes sorted by their number of training images and coloured by LVIS frequency group, beside the focusing
+factor gamma_j = gamma_b + s (1 - g_j), and the mean g_j of each group over training (from the metrics.json that
+train_net.py writes beside the checkpoint). It also prints the mean g_j of each group and the Spearman correlation
+of g_j with the class's training-image count.
 
-    python tools/plot_efl_stats.py output/demo/retinanet_R_18_FPN_demo_efl/model_final.pth \\
+    python tools/plot_efl_stats.py output/demo/retinanet_R_18_FPN_demo_focal/model_final.pth \\
+        --gamma-of output/demo/retinanet_R_18_FPN_demo_efl/model_final.pth \\
         --dataset efl_synth_lt_train --output efl_stats.png
 
-gamma_b and s are read from the config.yaml that train_net.py writes beside the checkpoint (or --gamma-b/--scale).
+g_j is read from the first checkpoint: train focal loss as EFL with MODEL.EFL.SCALE 0.0 (exactly focal loss) to
+keep its statistics. gamma_j is that of --gamma-of (default: the same checkpoint); gamma_b and s come from the
+config.yaml beside it (or --gamma-b / --scale).
 """
 import argparse
+import json
+import math
 import sys
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from detectron2.data import MetadataCatalog  # noqa: E402
 
-import efl  # noqa: E402, F401  (registers the synthetic datasets)
-from efl.retinanet import FREQUENCY_GROUPS, lvis_frequency_groups  # noqa: E402
+from efl.data import frequency_group  # noqa: E402  (importing efl.data registers the synthetic sets)
 
-COLOURS = {"rare": "tab:red", "common": "tab:orange", "frequent": "tab:blue"}
+GROUPS = {"r": "rare", "c": "common", "f": "frequent"}
+COLOURS = {"r": "tab:red", "c": "tab:orange", "f": "tab:blue"}
 
 
 def load_statistics(checkpoint: Path) -> torch.Tensor:
@@ -34,7 +43,10 @@ def load_statistics(checkpoint: Path) -> torch.Tensor:
     state = state.get("model", state)
     keys = [k for k in state if k.endswith("cls_loss.pos_neg")]
     if len(keys) != 1:
-        raise ValueError(f"{checkpoint} holds no EFL statistics (no *cls_loss.pos_neg): is it an EFL model?")
+        raise ValueError(
+            f"{checkpoint} holds no EFL statistics (no *cls_loss.pos_neg): train focal loss as EFL with "
+            "MODEL.EFL.SCALE 0.0 to keep them"
+        )
     return state[keys[0]].float()
 
 
@@ -48,49 +60,151 @@ def efl_hyperparameters(checkpoint: Path) -> Tuple[float, float]:
     return float(efl_cfg["GAMMA_B"]), float(efl_cfg["SCALE"])
 
 
-def plot(pos_neg: torch.Tensor, image_counts: Sequence[int], groups: Sequence[int], gamma_b: float, scale: float, title: str, output: Path) -> None:
-    gamma = gamma_b + scale * (1.0 - pos_neg)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for axis, values, label in ((axes[0], gamma, "focusing factor $\\gamma_j$"), (axes[1], pos_neg, "$g_j$ (positive / negative gradient)")):
-        for g, name in enumerate(FREQUENCY_GROUPS):
-            members = [c for c in range(len(groups)) if groups[c] == g]
-            axis.scatter(
-                [image_counts[c] for c in members], values[members].tolist(), s=18, c=COLOURS[name], label=name
-            )
-        axis.set_xscale("log")
-        axis.set_xlabel("training images of the class")
-        axis.set_ylabel(label)
-        axis.grid(alpha=0.3)
-    axes[0].axhline(gamma_b, color="grey", lw=0.8, ls="--")
+def training_image_counts(dataset: str) -> List[int]:
+    """The number of training images of each class, in contiguous class order, from the dataset's metadata."""
+    counts = MetadataCatalog.get(dataset).get("class_image_count")
+    if counts is None:
+        raise ValueError(f"dataset '{dataset}' has no class_image_count metadata (an LVIS-type training set)")
+    return [c["image_count"] for c in sorted(counts, key=lambda c: c["id"])]
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 0, ties sharing their mean rank (as Spearman's correlation needs)."""
+    ranks = np.empty(len(values))
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
+    for value in np.unique(values):
+        ranks[values == value] = ranks[values == value].mean()
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (nan when either side is constant)."""
+    rx, ry = _ranks(np.asarray(x, dtype=np.float64)), _ranks(np.asarray(y, dtype=np.float64))
+    if rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def summarise(pos_neg: torch.Tensor, image_counts: Sequence[int]) -> Dict[str, float]:
+    """
+    Args:
+        pos_neg: (C,) g_j of each class.
+        image_counts: (C,) training images of each class.
+
+    Returns:
+        "g_rare", "g_common", "g_frequent": the mean g_j of each LVIS frequency group (nan when empty);
+        "spearman": the rank correlation of g_j with the image count (so also with its log).
+    """
+    groups = np.array([frequency_group(n) for n in image_counts])
+    g = pos_neg.double().numpy()
+    summary = {f"g_{name}": float(g[groups == key].mean()) if (groups == key).any() else math.nan for key, name in GROUPS.items()}
+    summary["spearman"] = spearman(g, image_counts)
+    return summary
+
+
+def read_group_curves(metrics_json: Path) -> Dict[str, Tuple[List[int], List[float]]]:
+    """(iterations, mean g_j) of each frequency group, as logged by EFLRetinaNet into train_net.py's metrics.json."""
+    curves: Dict[str, Tuple[List[int], List[float]]] = {}
+    with open(metrics_json) as f:
+        for line in f:
+            record = json.loads(line)
+            for name in GROUPS.values():
+                if f"efl/g_{name}" in record:
+                    iterations, values = curves.setdefault(name, ([], []))
+                    iterations.append(record["iteration"])
+                    values.append(record[f"efl/g_{name}"])
+    return curves
+
+
+def _bars_by_frequency(axis, values: torch.Tensor, image_counts: Sequence[int], ylabel: str) -> None:
+    """One bar per class, the most frequent first, coloured by frequency group."""
+    order = sorted(range(len(image_counts)), key=lambda c: -image_counts[c])
+    groups = [frequency_group(image_counts[c]) for c in order]
+    axis.bar(range(len(order)), values[order].tolist(), color=[COLOURS[g] for g in groups], width=0.85)
+    for key, name in GROUPS.items():  # legend entries
+        axis.bar([0], [0], color=COLOURS[key], label=name)
+    axis.set_xlabel("classes, sorted by training images (most first)")
+    axis.set_ylabel(ylabel)
+    axis.set_xlim(-0.6, len(order) - 0.4)
+    axis.grid(axis="y", alpha=0.3)
+
+
+def plot(
+    pos_neg: torch.Tensor,
+    gamma: torch.Tensor,
+    image_counts: Sequence[int],
+    curves: Dict[str, Dict[str, Tuple[List[int], List[float]]]],
+    titles: Tuple[str, str],
+    output: Path,
+) -> None:
+    """
+    Args:
+        pos_neg, gamma: (C,) g_j and gamma_j to draw as bars.
+        image_counts: (C,) training images of each class.
+        curves: per run label, the group curves of :func:`read_group_curves` (no third panel when empty).
+        titles: of the g_j and gamma_j panels.
+    """
+    panels = 3 if curves else 2
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
+    _bars_by_frequency(axes[0], pos_neg, image_counts, "$g_j$ (positive / negative gradient)")
+    axes[0].set_ylim(0, 1.05)
+    axes[0].set_title(titles[0])
     axes[0].legend()
-    figure.suptitle(title)
+    _bars_by_frequency(axes[1], gamma, image_counts, "focusing factor $\\gamma_j$")
+    axes[1].set_title(titles[1])
+    styles = ("-", "--", ":", "-.")
+    for (label, run_curves), style in zip(curves.items(), styles):
+        for key, name in GROUPS.items():
+            if name in run_curves:
+                iterations, values = run_curves[name]
+                axes[2].plot(iterations, values, style, color=COLOURS[key], label=f"{label}: {name}")
+    if curves:
+        axes[2].set_xlabel("iteration")
+        axes[2].set_ylabel("mean $g_j$ of the group")
+        axes[2].set_ylim(0, 1.05)
+        axes[2].set_title("$g_j$ by group during training")
+        axes[2].grid(alpha=0.3)
+        axes[2].legend(fontsize="small")
     figure.savefig(output, dpi=100)
     plt.close(figure)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("checkpoint", type=Path, help="whose g_j to draw (focal loss trained as EFL with s = 0)")
+    parser.add_argument("--gamma-of", type=Path, help="whose gamma_j to draw (default: the same checkpoint)")
     parser.add_argument("--dataset", required=True, help="the training set, for each class's image count")
     parser.add_argument("--output", type=Path, default=Path("efl_stats.png"))
-    parser.add_argument("--gamma-b", type=float)
-    parser.add_argument("--scale", type=float)
+    parser.add_argument("--gamma-b", type=float, help="gamma_b of --gamma-of (default: from its config.yaml)")
+    parser.add_argument("--scale", type=float, help="s of --gamma-of (default: from its config.yaml)")
     args = parser.parse_args(argv)
+    gamma_of = args.gamma_of or args.checkpoint
     try:
         pos_neg = load_statistics(args.checkpoint)
         if args.gamma_b is None or args.scale is None:
-            gamma_b, scale = efl_hyperparameters(args.checkpoint)
+            gamma_b, scale = efl_hyperparameters(gamma_of)
         gamma_b = args.gamma_b if args.gamma_b is not None else gamma_b
         scale = args.scale if args.scale is not None else scale
-        counts = MetadataCatalog.get(args.dataset).get("class_image_count")
-        if counts is None:
-            raise ValueError(f"dataset '{args.dataset}' has no class_image_count metadata (an LVIS-type training set)")
-        groups = lvis_frequency_groups(args.dataset, len(pos_neg))
-    except ValueError as e:
+        gamma = gamma_b + scale * (1.0 - load_statistics(gamma_of))
+        image_counts = training_image_counts(args.dataset)
+        if len(image_counts) != len(pos_neg):
+            raise ValueError(f"dataset '{args.dataset}' has {len(image_counts)} classes, the checkpoint {len(pos_neg)}")
+    except (OSError, ValueError) as e:
         sys.exit(f"plot_efl_stats.py: error: {e}")
-    image_counts = [c["image_count"] for c in sorted(counts, key=lambda c: c["id"])]
-    plot(pos_neg, image_counts, groups, gamma_b, scale, f"EFL statistics of {args.checkpoint}", args.output)
+    curves = {
+        path.parent.name: read_group_curves(path.parent / "metrics.json")
+        for path in dict.fromkeys((args.checkpoint, gamma_of))
+        if (path.parent / "metrics.json").is_file()
+    }
+    titles = (f"$g_j$ of {args.checkpoint.parent.name}", f"$\\gamma_j$ of {gamma_of.parent.name} (s = {scale:g})")
+    plot(pos_neg, gamma, image_counts, curves, titles, args.output)
+    summary = summarise(pos_neg, image_counts)
+    print(
+        f"{args.checkpoint}: mean g_j rare {summary['g_rare']:.3f}, common {summary['g_common']:.3f}, "
+        f"frequent {summary['g_frequent']:.3f}; Spearman(g_j, training images) {summary['spearman']:.2f}"
+    )
     print(f"wrote {args.output}")
+    return summary
 
 
 if __name__ == "__main__":

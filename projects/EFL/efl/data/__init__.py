@@ -2,7 +2,7 @@
 Datasets of the EFL project. Importing this package registers the synthetic long-tailed LVIS sets
 (nothing is generated until a dataset is first loaded):
 
-- ``efl_synth_lt_train`` / ``efl_synth_lt_val``: DEMO_SPEC, 36 classes, 1000 / 200 images.
+- ``efl_synth_lt_train`` / ``efl_synth_lt_val``: DEMO_SPEC, 18 classes in 6 look-alike families, 2000 / 500 images.
 - ``efl_synth_test_train`` / ``efl_synth_test_val``: TEST_SPEC, 8 classes, for fast tests.
 """
 from .synthetic_lvis import (
@@ -11,10 +11,13 @@ from .synthetic_lvis import (
     GENERATOR_VERSION,
     TEST_SPEC,
     SyntheticLVISSpec,
+    class_colour,
     ensure_generated,
     ensure_synthetic_lvis,
+    family_image_counts,
     frequency_group,
     generate_synthetic_lvis,
+    look_alike_base,
     register_synthetic_lvis,
     synthetic_root,
     synthetic_spec_of,
@@ -26,10 +29,13 @@ __all__ = [
     "GENERATOR_VERSION",
     "TEST_SPEC",
     "SyntheticLVISSpec",
+    "class_colour",
     "ensure_generated",
     "ensure_synthetic_lvis",
+    "family_image_counts",
     "frequency_group",
     "generate_synthetic_lvis",
+    "look_alike_base",
     "register_synthetic_lvis",
     "synthetic_root",
     "synthetic_spec_of",

@@ -2,13 +2,15 @@
 A small synthetic long-tailed detection dataset in the LVIS v1 json format, and its registration
 with detectron2.
 
-Classes are coloured shapes ("red_circle", ...). The train split is long-tailed by construction:
-class i appears in exactly ``spec.image_counts[i]`` training images, so its LVIS frequency group
-(rare / common / frequent) is known in advance. The val split draws classes uniformly, so that rare
-classes have enough instances to be measured, and lists every absent class as negative, so that its
-evaluation is exhaustive. Everything is drawn from ``spec.seed``: the same spec (and Pillow) gives
-byte-identical files. Datasets are cached under ``$EFL_CACHE_DIR`` (default ``~/.cache/efl``) and
-generated on first use.
+Classes are coloured shapes in families of look-alikes: a base class ("red_circle") and its light and
+dark shades ("light_red_circle", "dark_red_circle"), the same shape in a slightly shifted colour. The
+train split is long-tailed by construction: class i appears in exactly ``spec.image_counts[i]`` training
+images, so its LVIS frequency group (rare / common / frequent) is known in advance. The val split draws
+classes regardless of their frequency (a base class weighing twice as much as each of its shades), so
+that rare classes have enough instances to be measured, and lists every absent class as negative, so
+that its evaluation is exhaustive. Everything is drawn from ``spec.seed``: the same spec (and Pillow)
+gives byte-identical files. Datasets are cached under ``$EFL_CACHE_DIR`` (default ``~/.cache/efl``)
+and generated on first use.
 """
 import dataclasses
 import errno
@@ -34,7 +36,10 @@ __all__ = [
     "SyntheticLVISSpec",
     "DEMO_SPEC",
     "TEST_SPEC",
+    "class_colour",
+    "family_image_counts",
     "frequency_group",
+    "look_alike_base",
     "generate_synthetic_lvis",
     "synthetic_root",
     "ensure_synthetic_lvis",
@@ -47,20 +52,57 @@ logger = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated content changes, so that datasets written
 # by an older generator are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
-SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (225, 205, 40),
-    "magenta": (205, 50, 205),
-    "cyan": (40, 200, 210),
-}
-# Shape-major: category id i + 1 is CLASS_NAMES[i].
-_CLASSES = tuple((shape, colour) for shape in SHAPES for colour in COLOURS)
-CLASS_NAMES = tuple(f"{colour}_{shape}" for shape, colour in _CLASSES)
+# Each family is a base class and two look-alikes of it, its light and dark shades: the same shape in the base
+# colour shifted by +-SyntheticLVISSpec.shade_shift on every RGB channel. LVIS's rare categories are often
+# fine-grained relatives of frequent ones; here a shade's nearest class is its base (every family has its own
+# shape), so every instance of the base is a hard negative for the shade. Base colours stay within [60, 195] per
+# channel, so that shade shift and jitter never clip.
+BASES = (
+    ("circle", "red", (190, 60, 60)),
+    ("square", "green", (60, 160, 70)),
+    ("triangle", "blue", (60, 90, 190)),
+    ("diamond", "yellow", (190, 180, 60)),
+    ("star", "magenta", (180, 60, 180)),
+    ("cross", "cyan", (60, 180, 185)),
+)
+_SHADES = ("", "light", "dark")
+_SHADE_SIGN = {"": 0, "light": 1, "dark": -1}
+
+
+@dataclass(frozen=True)
+class _Class:
+    shape: str
+    colour: str
+    base_rgb: Tuple[int, int, int]
+    shade: str
+    base: int  # index of the family's base class (itself for a base)
+
+    @property
+    def name(self) -> str:
+        return "_".join(w for w in (self.shade, self.colour, self.shape) if w)
+
+
+# Family-major, base first: category id i + 1 is CLASS_NAMES[i].
+_CLASSES = tuple(
+    _Class(shape, colour, rgb, shade, len(_SHADES) * family)
+    for family, (shape, colour, rgb) in enumerate(BASES)
+    for shade in _SHADES
+)
+CLASS_NAMES = tuple(c.name for c in _CLASSES)
+
+
+def look_alike_base(cls: int) -> int:
+    """The class index of the base class that class ``cls`` is a shade of (``cls`` itself for a base class)."""
+    return _CLASSES[cls].base
+
+
+def class_colour(cls: int, shade_shift: int) -> Tuple[int, int, int]:
+    """The RGB colour of class ``cls`` before jitter: its base colour shifted by +-shade_shift for a shade."""
+    sign = _SHADE_SIGN[_CLASSES[cls].shade]
+    return tuple(v + sign * shade_shift for v in _CLASSES[cls].base_rgb)
+
 
 # LVIS frequency groups, by number of training images containing the class.
 RARE_MAX_IMAGES = 10
@@ -70,9 +112,11 @@ MAX_OBJECTS_PER_IMAGE = 4
 _MIN_IMAGE_SIZE = 64
 # Object sizes (circumscribed diameters) are given for 160 px images and scale with the image size.
 _REFERENCE_IMAGE_SIZE = 160
-_OBJECT_SIZE_RANGE = (15.0, 70.0)
+_OBJECT_SIZE_RANGE = (24.0, 72.0)
 # Enough to make colour visible but not trivially thresholdable.
 _COLOUR_JITTER = 25
+# Base colours lie in [60, 195] per channel: a larger shift plus the jitter would leave [0, 255].
+_MAX_SHADE_SHIFT = 60 - _COLOUR_JITTER
 # Uniform pixel noise in [-_NOISE_AMPLITUDE, _NOISE_AMPLITUDE]; uniform draws are much cheaper
 # than normal ones.
 _NOISE_AMPLITUDE = 10.0
@@ -88,13 +132,15 @@ _JPEG_QUALITY = 90
 class SyntheticLVISSpec:
     """
     What to generate. ``image_counts[i]`` is the number of training images that contain class i
-    (category id i + 1, named ``CLASS_NAMES[i]``); it decides the class's frequency group.
+    (category id i + 1, named ``CLASS_NAMES[i]``); it decides the class's frequency group. Shades are
+    ``shade_shift`` per RGB channel away from their base colour, against a colour jitter of +-25.
     """
 
     image_counts: Tuple[int, ...]
     num_train_images: int
     num_val_images: int
     image_size: int = 160
+    shade_shift: int = 35
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -102,30 +148,43 @@ class SyntheticLVISSpec:
         object.__setattr__(self, "image_counts", tuple(int(c) for c in self.image_counts))
 
 
-def _long_tailed_image_counts(
-    num_rare: int, num_common: int, num_frequent: int, seed: int
+def family_image_counts(
+    num_families: int,
+    frequent: Tuple[int, int],
+    common: Tuple[int, int],
+    rare: Tuple[int, int],
+    seed: int,
 ) -> Tuple[int, ...]:
     """
-    Image counts spread over the rare, common and frequent ranges, shuffled so that each group
-    mixes shapes and colours instead of following the class order.
+    Image counts of the first ``num_families`` families: each base is frequent, one of its shades common and
+    the other rare (light or dark at random). Each group's counts span its (min, max) range (geometrically for
+    frequent and common, linearly for rare) and are shuffled over the families.
     """
-    counts = np.concatenate(
-        [
-            np.linspace(2, RARE_MAX_IMAGES, num_rare),
-            np.geomspace(14, 95, num_common),
-            np.geomspace(110, 300, num_frequent),
-        ]
-    )
-    return tuple(int(c) for c in np.random.default_rng(seed).permutation(np.rint(counts)))
+    rng = np.random.default_rng(seed)
+    group_counts = [
+        rng.permutation(np.rint(np.geomspace(*frequent, num_families))),
+        rng.permutation(np.rint(np.geomspace(*common, num_families))),
+        rng.permutation(np.rint(np.linspace(*rare, num_families))),
+    ]
+    counts = []
+    for family in range(num_families):
+        base, common_shade, rare_shade = (int(g[family]) for g in group_counts)
+        light, dark = (common_shade, rare_shade) if rng.random() < 0.5 else (rare_shade, common_shade)
+        counts += [base, light, dark]
+    return tuple(counts)
 
 
+# Six families. A run of the demo sees about 8000 training images (4 epochs): a rare shade, in 1 to 5 of the 2000
+# images, is met 4 to 20 times, and is outweighed in every batch by background and look-alike negatives, as LVIS's
+# rare classes are (README, "The embedded demo", has the measurements behind these numbers).
 DEMO_SPEC = SyntheticLVISSpec(
-    image_counts=_long_tailed_image_counts(12, 14, 10, seed=0),
-    num_train_images=1000,
-    num_val_images=200,
+    image_counts=family_image_counts(6, frequent=(375, 1000), common=(15, 60), rare=(1, 5), seed=0),
+    num_train_images=2000,
+    num_val_images=500,
 )
+# Two families and the base and light shade of a third: 2 frequent, 3 common and 3 rare classes.
 TEST_SPEC = SyntheticLVISSpec(
-    image_counts=(104, 102, 40, 25, 12, 8, 4, 2),
+    image_counts=(104, 25, 4, 102, 8, 40, 12, 2),
     num_train_images=120,
     num_val_images=24,
     image_size=128,
@@ -150,6 +209,8 @@ def _validate_spec(spec: SyntheticLVISSpec) -> None:
         problems.append("needs at least one train and one val image")
     if spec.image_size < _MIN_IMAGE_SIZE:
         problems.append(f"image_size must be at least {_MIN_IMAGE_SIZE}, got {spec.image_size}")
+    if not 1 <= spec.shade_shift <= _MAX_SHADE_SHIFT:
+        problems.append(f"shade_shift must be in 1..{_MAX_SHADE_SHIFT}, got {spec.shade_shift}")
     if counts and min(counts) < 1:
         problems.append(f"every class needs at least one training image, got {min(counts)}")
     if counts and max(counts) > num_images:
@@ -218,12 +279,18 @@ def _train_layout(
 
 
 def _val_layout(num_classes: int, num_images: int, rng: np.random.Generator) -> List[List[int]]:
-    """The class indices of every val image: 1 to 4 distinct classes drawn uniformly."""
+    """
+    The class indices of every val image: 1 to 4 distinct classes, drawn with a base class weighing twice as much
+    as each of its shades. Whatever their training frequency, rare classes get enough instances to be measured,
+    and a base class meets about as many look-alikes as instances of its own, not twice as many.
+    """
     max_objects = min(MAX_OBJECTS_PER_IMAGE, num_classes)
+    weights = np.array([2.0 if look_alike_base(c) == c else 1.0 for c in range(num_classes)])
     layout = []
     for _ in range(num_images):
         num_objects = rng.integers(1, max_objects + 1)
-        layout.append([int(c) for c in rng.choice(num_classes, size=num_objects, replace=False)])
+        chosen = rng.choice(num_classes, size=num_objects, replace=False, p=weights / weights.sum())
+        layout.append([int(c) for c in chosen])
     return layout
 
 
@@ -333,18 +400,17 @@ def _draw_distractors(draw: ImageDraw.ImageDraw, image_size: int, rng: np.random
 
 
 def _render_image(
-    classes: Sequence[int], image_size: int, rng: np.random.Generator
+    classes: Sequence[int], spec: SyntheticLVISSpec, rng: np.random.Generator
 ) -> Tuple[Image.Image, List[np.ndarray]]:
     """An image with one object per class index, and the objects' polygons."""
-    image = Image.fromarray(_background(image_size, rng))
+    image = Image.fromarray(_background(spec.image_size, rng))
     draw = ImageDraw.Draw(image)
-    _draw_distractors(draw, image_size, rng)
+    _draw_distractors(draw, spec.image_size, rng)
     polygons: List[np.ndarray] = []
     for cls in classes:
-        shape, colour = _CLASSES[cls]
-        polygon = _place_object(shape, image_size, [_box(p) for p in polygons], rng)
+        polygon = _place_object(_CLASSES[cls].shape, spec.image_size, [_box(p) for p in polygons], rng)
         jitter = rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, size=3)
-        fill = np.clip(np.array(COLOURS[colour]) + jitter, 0, 255)
+        fill = np.array(class_colour(cls, spec.shade_shift)) + jitter
         draw.polygon([tuple(p) for p in polygon.tolist()], fill=tuple(int(v) for v in fill))
         polygons.append(polygon)
     return image, polygons
@@ -373,7 +439,7 @@ def _categories(spec: SyntheticLVISSpec) -> List[Dict]:
             "name": CLASS_NAMES[cls],
             "synset": f"{CLASS_NAMES[cls]}.n.01",
             "synonyms": [CLASS_NAMES[cls]],
-            "def": f"a {_CLASSES[cls][1]} {_CLASSES[cls][0]}",
+            "def": f"a {CLASS_NAMES[cls].replace('_', ' ')}",
             "frequency": frequency_group(count),
             "image_count": count,
             # A class appears at most once per training image.
@@ -397,7 +463,7 @@ def _write_split(
     images, annotations = [], []
     for image_id, classes in enumerate(layout, start=first_image_id):
         file_name = f"{image_id:06d}.jpg"
-        image, polygons = _render_image(classes, spec.image_size, rng)
+        image, polygons = _render_image(classes, spec, rng)
         # 4:4:4 chroma keeps the colours of small objects, which tell classes apart.
         image.save(os.path.join(root, split, file_name), quality=_JPEG_QUALITY, subsampling=0)
         present = {cls + 1 for cls in classes}

@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""
+The demo's comparison over seeds: train focal loss (EFL with s = 0) and EFL with the demo's configs once per seed
+(the same schedule and data; only SEED differs), evaluate every run, and print and write a Markdown table: a row
+per seed and loss, the mean +- standard deviation over seeds of AP, APr, APc and APf, the per-seed difference
+EFL - focal loss with its mean +- standard deviation, and each run's gradient statistics at the end of training
+(mean g_j by frequency group, Spearman correlation of g_j with the class's training images).
+
+    python tools/experiment.py                                  # seeds 42 (make demo's), 43, 44
+    python tools/experiment.py --seeds 1 2 3 4 5 --device cpu SOLVER.MAX_ITER 400
+
+Each run is ``train_net.py`` in its own process (see tools/demo.py); extra arguments are config overrides applied
+to every run.
+"""
+import argparse
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from demo import METRICS, REPO, RUNS, datasets_of, describe_device, mechanism, resolve_device, train_and_evaluate
+
+ARMS = RUNS["retinanet"]
+BASELINE, METHOD = "focal loss", "EFL"
+STATISTICS = ("g_rare", "g_common", "g_frequent", "spearman")
+DEFAULT_SEEDS = (42, 43, 44)
+
+# results[seed][arm]: the run's box metrics and its STATISTICS
+Results = Dict[int, Dict[str, Dict[str, float]]]
+
+
+def run_experiment(seeds: Sequence[int], output_dir: Path, device: str, overrides: Sequence[str]) -> Results:
+    """Train and evaluate every arm for every seed, into output_dir/seed<seed>/<config name>."""
+    results: Results = {}
+    for seed in seeds:
+        for arm, config in ARMS.items():
+            run_dir = output_dir / f"seed{seed}" / config.stem
+            metrics = train_and_evaluate(config, run_dir, device, [*overrides, "SEED", str(seed)])
+            results.setdefault(seed, {})[arm] = {**metrics, **mechanism(run_dir)}
+    return results
+
+
+def _mean_std(values: List[float], signed: bool = False) -> str:
+    """"mean ± std" over seeds (sample standard deviation; none for a single seed)."""
+    mean = float(np.mean(values))
+    text = f"{mean:+.1f}" if signed else f"{mean:.1f}"
+    return f"{text} ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else text
+
+
+def _statistic(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
+def render(results: Results) -> str:
+    """The Markdown table of an experiment's results."""
+    header = ["seed", "loss", *METRICS, "g rare", "g common", "g frequent", "Spearman"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for seed, arms in results.items():
+        for arm, r in arms.items():
+            cells = [str(seed), arm, *(f"{r[m]:.1f}" for m in METRICS), *(_statistic(r[s]) for s in STATISTICS)]
+            lines.append("| " + " | ".join(cells) + " |")
+    for arm in ARMS:
+        runs = [arms[arm] for arms in results.values()]
+        cells = ["mean ± std", arm, *(_mean_std([r[m] for r in runs]) for m in METRICS)]
+        cells += [_statistic(float(np.mean([r[s] for r in runs]))) for s in STATISTICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    differences = {m: [arms[METHOD][m] - arms[BASELINE][m] for arms in results.values()] for m in METRICS}
+    cells = ["mean ± std", f"{METHOD} - {BASELINE}", *(_mean_std(differences[m], signed=True) for m in METRICS)]
+    lines.append("| " + " | ".join(cells + [""] * len(STATISTICS)) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Results:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--output-dir", type=Path, default=REPO / "output" / "experiment")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="config overrides for every run")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    results = run_experiment(args.seeds, args.output_dir, device, args.overrides)
+    test_set = datasets_of(args.output_dir / f"seed{args.seeds[0]}" / ARMS[BASELINE].stem)[1]
+    summary = (
+        f"{BASELINE} vs {METHOD} over seeds {', '.join(map(str, args.seeds))}: synthetic long-tailed set, {test_set} "
+        f"(box AP, LVIS evaluation), on {describe_device(device)}. g: mean g_j of each frequency group at the end "
+        f"of training; Spearman: of g_j with the training images of each class.\n\n{render(results)}\n"
+    )
+    (args.output_dir / "results.md").write_text(summary)
+    print("\n" + summary)
+    return results
+
+
+if __name__ == "__main__":
+    main()
