@@ -10,7 +10,7 @@ import logging
 import sys
 import weakref
 
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -26,10 +26,15 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from efl import ConfigError, add_efl_config, build_evaluator, check_config
-from efl.checkpoint import EFLCheckpointer
 from efl.data.train_loader import build_resumable_train_loader
 from efl.data.transforms import build_test_loader
-from efl.hooks import FULL_MODEL, FullModelGradientClipping, RevertStatisticsOfSkippedSteps
+from efl.engine import (
+    FULL_MODEL,
+    EFLCheckpointer,
+    FullModelGradientClipping,
+    ReportNonFiniteStatistics,
+    RevertStatisticsOfSkippedSteps,
+)
 
 
 class Trainer(DefaultTrainer):
@@ -64,12 +69,18 @@ class Trainer(DefaultTrainer):
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        self.register_hooks(self.build_hooks() + [ReportNonFiniteStatistics()])
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume)
         # Continue the sampler's index stream where the checkpoint left it (stock detectron2 restarts it).
         self._train_sampler.skip = self.start_iter * (self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+        resumed = resume and self.checkpointer.has_checkpoint()
+        if self.cfg.MODEL.EFL.RESET_STATISTICS and not resumed:
+            getattr(self.model, "module", self.model).reset_statistics()
+            logging.getLogger(__name__).info(
+                "MODEL.EFL.RESET_STATISTICS: the EFL statistics start afresh (g = 1) after loading MODEL.WEIGHTS"
+            )
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -88,7 +99,7 @@ class Trainer(DefaultTrainer):
         return build_evaluator(cfg, dataset_name, output_folder)
 
 
-def build_config(args):
+def build_config(args) -> CfgNode:
     cfg = get_cfg()
     add_efl_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -97,20 +108,12 @@ def build_config(args):
     return cfg
 
 
-def setup(args):
-    cfg = build_config(args)
+def main(args, cfg: CfgNode):
+    """One process's work; ``cfg`` was built and checked once, before the processes started."""
     default_setup(cfg, args)
-    return cfg
-
-
-def main(args):
-    cfg = setup(args)
-    check_config(cfg, eval_only=args.eval_only)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        EFLCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        EFLCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
@@ -125,7 +128,8 @@ if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     try:
         # Once, before any process starts: bad data paths or settings stop here with a message.
-        check_config(build_config(args), eval_only=args.eval_only)
+        cfg = build_config(args)
+        check_config(cfg, eval_only=args.eval_only)
     except ConfigError as e:
         sys.exit(f"train_net.py: error: {e}")
     print("Command Line Args:", args)
@@ -136,7 +140,7 @@ if __name__ == "__main__":
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
-            args=(args,),
+            args=(args, cfg),
         )
     except ConfigError as e:  # found while building, e.g. an empty dataset (single process: raised here)
         sys.exit(f"train_net.py: error: {e}")

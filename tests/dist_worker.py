@@ -87,7 +87,7 @@ def worker(args):
             return super().build_hooks() + [CheckStatistics()]
 
     train_net.Trainer = CheckedTrainer
-    train_net.main(args)
+    train_net.main(args, train_net.build_config(args))
 
 
 if __name__ == "__main__":

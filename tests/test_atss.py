@@ -7,7 +7,7 @@ import torch
 
 from detectron2.structures import Boxes
 
-from efl.atss import atss_assign
+from efl.modeling import atss_assign
 
 
 def grid_anchors(stride, cells, sizes):

@@ -99,7 +99,7 @@ def test_improved_baseline_configs_follow_the_recipe(path):
     assert (head.SCORE_THRESH_TEST, head.TOPK_CANDIDATES_TEST, head.NMS_THRESH_TEST) == (0.0, 6000, 0.5)
     assert (head.FOCAL_LOSS_ALPHA, head.FOCAL_LOSS_GAMMA) == (0.25, 2.0)
     improved = model.IMPROVED_BASELINE
-    assert (improved.CLS_LOSS, improved.ATSS_TOPK, improved.IOU_BRANCH, improved.IOU_WEIGHTED_BOX_LOSS) == (
+    assert (model.EFL.LOSS, improved.ATSS_TOPK, improved.IOU_BRANCH, improved.IOU_WEIGHTED_BOX_LOSS) == (
         loss, 18, True, True
     )
     efl = model.EFL

@@ -1,5 +1,5 @@
 """
-The EFL code paths (chunked PyTorch, Triton, term-by-term reference) against the float64 oracle, on plain
+The EFL code paths (chunked PyTorch, Triton) against the float64 oracle, on plain
 (R, C) logits and on a dense head's per-level (N, A*C, H, W) outputs.
 
 The Triton kernel runs on CUDA when there is a GPU; without one, test_triton_kernel_in_the_interpreter runs
@@ -26,7 +26,7 @@ def implementations():
     triton_skip = pytest.mark.skipif(
         not (CUDA or INTERPRETED), reason="needs a GPU (runs in Triton's interpreter via another test)"
     )
-    return ["torch", "reference", pytest.param("triton", marks=triton_skip)]
+    return ["torch", pytest.param("triton", marks=triton_skip)]
 
 
 def as_rows(levels, num_anchors, num_classes):
@@ -135,7 +135,7 @@ def test_ablations_without_focusing_or_weighting_factor(implementation, focusing
 
 def run_eqfl(module, levels, labels, quality, normalizer):
     leaves = [x.to(DEVICE).requires_grad_() for x in levels]
-    loss = module.forward_dense(leaves, labels.to(DEVICE), quality.to(DEVICE), normalizer)
+    loss = module.forward_dense(leaves, labels.to(DEVICE), normalizer, quality.to(DEVICE))
     (loss * 2.0).backward()
     return loss.detach().cpu(), [x.grad.cpu() / 2.0 for x in leaves]
 
@@ -177,7 +177,7 @@ def test_eqfl_with_g_one_is_quality_focal_loss():
     labels = torch.randint(-1, 6, (200,), generator=g)
     quality = torch.rand(200, generator=g)
     x = logits.clone().requires_grad_()
-    loss = EqualizedQualityFocalLoss(5).train()(x, labels, quality)
+    loss = EqualizedQualityFocalLoss(5).train()(x, labels, quality=quality)
     loss.backward()
     y = logits.clone().requires_grad_()
     expected = quality_focal_loss(y, labels, quality)
@@ -186,9 +186,22 @@ def test_eqfl_with_g_one_is_quality_focal_loss():
     torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-8)
 
 
-def test_eqfl_rejects_a_quality_not_shaped_like_the_labels():
-    with pytest.raises(ValueError, match="quality"):
-        EqualizedQualityFocalLoss(3)(torch.zeros(4, 3), torch.tensor([0, 1, 2, 3]), torch.zeros(3))
+def test_eqfl_rejects_a_missing_quality_or_one_not_shaped_like_the_labels():
+    logits, labels = torch.zeros(4, 3), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="needs quality.*got None"):
+        EqualizedQualityFocalLoss(3)(logits, labels)
+    with pytest.raises(ValueError, match="needs quality.*got torch.float32 \\(3,\\)"):
+        EqualizedQualityFocalLoss(3)(logits, labels, quality=torch.zeros(3))
+
+
+def test_every_variant_takes_the_same_arguments_and_efl_ignores_quality():
+    g = torch.Generator().manual_seed(3)
+    logits, labels, quality = torch.randn(50, 4, generator=g), torch.randint(-1, 5, (50,), generator=g), torch.rand(50)
+    for loss in (EqualizedFocalLoss(4), EqualizedQualityFocalLoss(4)):
+        assert torch.isfinite(loss(logits, labels, normalizer=2.0, quality=quality))
+    efl = EqualizedFocalLoss(4)
+    assert torch.equal(efl(logits, labels, 2.0, quality), efl(logits, labels, 2.0))
+    assert torch.equal(efl(logits, labels, torch.tensor(2.0)), efl(logits, labels, 2.0))
 
 
 def test_forward_dense_equals_forward_on_the_transposed_rows():
@@ -209,15 +222,18 @@ def test_forward_dense_rejects_mismatched_shapes():
     levels, labels = dense_problem()
     with pytest.raises(ValueError, match="NUM_CLASSES"):
         EqualizedFocalLoss(5).forward_dense(levels, labels)
-    with pytest.raises(ValueError, match="gt_labels must have shape"):
+    with pytest.raises(ValueError, match="labels must have shape"):
         EqualizedFocalLoss(7).forward_dense(levels, labels[:, :-1])
 
 
 def test_environment_variable_overrides_the_implementation(monkeypatch):
     levels, labels = dense_problem()
-    monkeypatch.setenv("EFL_IMPLEMENTATION", "reference")
     module = EqualizedFocalLoss(7, implementation="torch").train()
-    loss, _ = run_dense(module, levels, labels, normalizer=1.0)
+    run_dense(module, levels, labels, normalizer=1.0)
+    monkeypatch.setenv("EFL_IMPLEMENTATION", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="triton"):
+        module.forward_dense([x.cpu() for x in levels], labels)
     monkeypatch.setenv("EFL_IMPLEMENTATION", "fastest")
     with pytest.raises(ValueError, match="EFL_IMPLEMENTATION"):
         module.forward_dense(levels, labels)
@@ -257,7 +273,7 @@ def test_cuda_large_problem_and_amp_statistics_do_not_depend_on_the_loss_scale()
     torch.testing.assert_close(stats["fp16"], stats["fp16x"], rtol=0, atol=0)
     torch.testing.assert_close(stats["fp16"], stats["fp32"], rtol=2e-3, atol=1e-6)
 
-    reference = EqualizedFocalLoss(num_classes, implementation="reference").cuda().train()
+    reference = EqualizedFocalLoss(num_classes, implementation="torch").cuda().train()
     triton = EqualizedFocalLoss(num_classes, implementation="triton").cuda().train()
     small = [x[:, :, :20, :30].contiguous() for x in levels]
     small_labels = labels[:, : (20 * 30 + 20 * 30) * 2]

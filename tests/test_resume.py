@@ -6,7 +6,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from conftest import DEMO_CONFIG, SMALL_OPTS, small_cfg
-from efl.checkpoint import EFLCheckpointer
+from efl.engine import EFLCheckpointer
 from test_train_net import train_net
 
 # Deterministic on the CPU: constant learning rate (no schedule that depends on MAX_ITER), no random flip (the

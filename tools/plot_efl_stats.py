@@ -23,7 +23,7 @@ import yaml  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 
 import efl  # noqa: E402, F401  (registers the synthetic datasets)
-from efl.retinanet import FREQUENCY_GROUPS, lvis_frequency_groups  # noqa: E402
+from efl.data import FREQUENCY_GROUPS, lvis_frequency_groups  # noqa: E402
 
 COLOURS = {"rare": "tab:red", "common": "tab:orange", "frequent": "tab:blue"}
 

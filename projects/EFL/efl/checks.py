@@ -10,8 +10,9 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .data import ensure_generated, synthetic_spec_of
-from .loss import check_efl_hyperparameters
+from .data import synthetic_spec_of
+from .losses import check_efl_hyperparameters
+from .modeling import CLS_LOSSES
 
 __all__ = ["ConfigError", "check_config"]
 
@@ -23,14 +24,15 @@ class ConfigError(ValueError):
 def check_config(cfg: CfgNode, eval_only: bool = False) -> None:
     """
     Raise ConfigError unless ``cfg`` can run here: EFL hyper-parameters in range, the device present, every
-    dataset it uses registered with its files in place (the embedded synthetic sets are generated on first
-    use), MODEL.RETINANET.NUM_CLASSES equal to the datasets' number of categories, training images to train on,
+    dataset it uses registered with its files in place (the embedded synthetic sets are generated when they are
+    first loaded, not here), MODEL.RETINANET.NUM_CLASSES equal to the datasets' number of categories, training images to train on,
     and the weights named by MODEL.WEIGHTS (needed for ``eval_only``).
     """
     try:
         check_efl_hyperparameters(cfg.MODEL.EFL.GAMMA_B, cfg.MODEL.EFL.SCALE, cfg.MODEL.EFL.ALPHA)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    _check_loss(cfg.MODEL.EFL.LOSS, cfg.MODEL.META_ARCHITECTURE)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"MODEL.DEVICE is '{cfg.MODEL.DEVICE}' but no CUDA GPU is visible: add MODEL.DEVICE cpu "
@@ -47,6 +49,16 @@ def check_config(cfg: CfgNode, eval_only: bool = False) -> None:
         _check_weights(cfg.MODEL.WEIGHTS)
 
 
+def _check_loss(loss: str, meta_architecture: str) -> None:
+    if loss not in CLS_LOSSES:
+        raise ConfigError(f"MODEL.EFL.LOSS must be one of {', '.join(CLS_LOSSES)}, got {loss!r}")
+    if loss == "eqfl" and meta_architecture != "ImprovedRetinaNet":
+        raise ConfigError(
+            "MODEL.EFL.LOSS 'eqfl' needs the IoU of each positive anchor's predicted box, which only "
+            f"ImprovedRetinaNet computes; MODEL.META_ARCHITECTURE is {meta_architecture!r}"
+        )
+
+
 def _datasets_root() -> str:
     root = os.getenv("DETECTRON2_DATASETS", "datasets")
     return f"$DETECTRON2_DATASETS ({root!r}, i.e. {os.path.abspath(os.path.expanduser(root))})"
@@ -59,8 +71,7 @@ def _check_dataset_files(name: str) -> None:
             "lvis_v1_val; the embedded synthetic set is efl_synth_lt_train / efl_synth_lt_val."
         )
     if synthetic_spec_of(name) is not None:
-        ensure_generated(name)
-        return
+        return  # generated where it is first loaded
     metadata = MetadataCatalog.get(name)
     json_file = metadata.get("json_file")
     image_root = metadata.get("image_root")
@@ -103,8 +114,10 @@ def _check_num_classes(name: str, num_classes: int) -> None:
 
 
 def _check_has_training_images(name: str, filter_empty: bool) -> None:
-    if name.startswith(("lvis_", "coco_")):
-        return  # detectron2's own sets: their files were checked, loading them here would take a minute
+    if name.startswith(("lvis_", "coco_")) or synthetic_spec_of(name) is not None:
+        # detectron2's own sets: their files were checked, loading them here would take a minute; the synthetic
+        # sets are never empty (their spec is validated) and are generated only when first loaded
+        return
     records = DatasetCatalog.get(name)
     if not records:
         raise ConfigError(f"Dataset '{name}' has no images: check its annotation file")

@@ -4,8 +4,8 @@ from detectron2.config import CfgNode as CN
 
 def add_efl_config(cfg: CN) -> None:
     """
-    Add the ``MODEL.EFL`` node: the hyper-parameters of Equalized Focal Loss, used by EFLRetinaNet.
-    The defaults are the paper's.
+    Add the ``MODEL.EFL`` node (the hyper-parameters of Equalized Focal Loss, used by every EFL detector; the
+    defaults are the paper's), ``MODEL.IMPROVED_BASELINE`` and the few keys the improved baseline adds elsewhere.
     """
     cfg.MODEL.EFL = CN()
     # gamma_b: the focusing factor every class starts from (EFL with pos_neg = 1 is focal loss with it)
@@ -14,18 +14,23 @@ def add_efl_config(cfg: CN) -> None:
     cfg.MODEL.EFL.SCALE = 8.0
     # alpha: the weight of positive cells (1 - alpha for negative ones), as in focal loss
     cfg.MODEL.EFL.ALPHA = 0.25
-    # which code computes it: "auto" (Triton on CUDA, chunked PyTorch elsewhere), "triton", "torch", or
-    # "reference" (term by term, for debugging); $EFL_IMPLEMENTATION overrides it
+    # the classification loss of every EFL detector: "efl", "eqfl" (Equalized Quality Focal Loss, ImprovedRetinaNet
+    # only: its positive targets are the predicted boxes' IoUs) or "focal" (EFL with s = 0, which is exactly sigmoid
+    # focal loss with RETINANET.FOCAL_LOSS_*, keeping the statistics for comparison)
+    cfg.MODEL.EFL.LOSS = "efl"
+    # which code computes it: "auto" (Triton on CUDA, chunked PyTorch elsewhere), "triton" or "torch";
+    # $EFL_IMPLEMENTATION overrides it
     cfg.MODEL.EFL.IMPLEMENTATION = "auto"
     # the paper's ablations: False uses gamma_b as every class's focusing factor / 1 as every class's weight
     cfg.MODEL.EFL.FOCUSING_FACTOR = True
     cfg.MODEL.EFL.WEIGHTING_FACTOR = True
+    # start the statistics afresh after loading MODEL.WEIGHTS (not on --resume): for fine-tuning weights that were
+    # trained on another dataset, whose per-class statistics mean nothing for this one
+    cfg.MODEL.EFL.RESET_STATISTICS = False
 
     # The paper's improved one-stage baseline (META_ARCHITECTURE "ImprovedRetinaNet"); each piece can be switched
     # off for ablations.
     cfg.MODEL.IMPROVED_BASELINE = CN()
-    # classification loss: "focal" (sigmoid focal loss, RETINANET.FOCAL_LOSS_*), "efl" or "eqfl" (MODEL.EFL.*)
-    cfg.MODEL.IMPROVED_BASELINE.CLS_LOSS = "efl"
     # ATSS candidates per level and box; 0 uses RetinaNet's IoU matching (RETINANET.IOU_THRESHOLDS)
     cfg.MODEL.IMPROVED_BASELINE.ATSS_TOPK = 18
     # predict each anchor's IoU (BCE loss) and multiply its sigmoid into the test scores
@@ -38,3 +43,5 @@ def add_efl_config(cfg: CN) -> None:
     cfg.MODEL.FPN.SIZE_DIVISIBILITY = 0
     # library of the test-time resize: "pil" (detectron2's) or "opencv" (cv2.INTER_LINEAR, the released EFL models')
     cfg.INPUT.TEST_RESIZE_BACKEND = "pil"
+
+    cfg.register_renamed_key("MODEL.IMPROVED_BASELINE.CLS_LOSS", "MODEL.EFL.LOSS")

@@ -12,8 +12,6 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.evaluation import LVISEvaluator as _D2LVISEvaluator
 from detectron2.utils import comm
 
-from .data import ensure_generated
-
 __all__ = ["LVISEvaluator", "build_evaluator", "numpy_float_alias"]
 
 
@@ -57,8 +55,9 @@ def build_evaluator(
     """
     LVISEvaluator for LVIS-type datasets, COCOEvaluator for COCO-type ones, both keeping up to
     ``TEST.DETECTIONS_PER_IMAGE`` detections per image. Output goes to ``OUTPUT_DIR/inference/<dataset>``.
+    The evaluators read the dataset's annotation file as they are built: an embedded synthetic set must have been
+    loaded (generated) first, as the test loader does.
     """
-    ensure_generated(dataset_name)  # evaluators read the annotations as they are built
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")

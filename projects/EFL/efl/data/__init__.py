@@ -5,6 +5,7 @@ Datasets of the EFL project. Importing this package registers the synthetic long
 - ``efl_synth_lt_train`` / ``efl_synth_lt_val``: DEMO_SPEC, 36 classes, 1000 / 200 images.
 - ``efl_synth_test_train`` / ``efl_synth_test_val``: TEST_SPEC, 8 classes, for fast tests.
 """
+from .frequency import FREQUENCY_GROUPS, frequency_group_of, lvis_frequency_groups
 from .synthetic_lvis import (
     CLASS_NAMES,
     DEMO_SPEC,
@@ -22,6 +23,7 @@ from .synthetic_lvis import (
 
 __all__ = [
     "CLASS_NAMES",
+    "FREQUENCY_GROUPS",
     "DEMO_SPEC",
     "GENERATOR_VERSION",
     "TEST_SPEC",
@@ -29,7 +31,9 @@ __all__ = [
     "ensure_generated",
     "ensure_synthetic_lvis",
     "frequency_group",
+    "frequency_group_of",
     "generate_synthetic_lvis",
+    "lvis_frequency_groups",
     "register_synthetic_lvis",
     "synthetic_root",
     "synthetic_spec_of",

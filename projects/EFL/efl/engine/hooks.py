@@ -3,9 +3,9 @@ import torch
 
 from detectron2.engine import HookBase
 
-from .loss import EqualizedFocalLoss
+from ..losses import EqualizedFocalLoss
 
-__all__ = ["FullModelGradientClipping", "RevertStatisticsOfSkippedSteps", "FULL_MODEL"]
+__all__ = ["FULL_MODEL", "FullModelGradientClipping", "ReportNonFiniteStatistics", "RevertStatisticsOfSkippedSteps"]
 
 # SOLVER.CLIP_GRADIENTS.CLIP_TYPE value that clips the norm of all gradients together. detectron2's own "norm"
 # clips each parameter's gradient separately; the EFL recipe clips the whole model's, like
@@ -47,3 +47,15 @@ class RevertStatisticsOfSkippedSteps(HookBase):
             for module in self.trainer.model.modules():
                 if isinstance(module, EqualizedFocalLoss):
                     module.revert_last_update()
+
+
+class ReportNonFiniteStatistics(HookBase):
+    """
+    EFL reports steps with non-finite statistics every few iterations (so that checking them costs no host sync
+    per step); this hook reports the last few when training ends, however it ends.
+    """
+
+    def after_train(self):
+        for module in self.trainer.model.modules():
+            if isinstance(module, EqualizedFocalLoss):
+                module.report_nonfinite_steps()

@@ -1,5 +1,5 @@
 """
-EFL (and EQFL) in chunked PyTorch: the path for the CPU (and for CUDA without Triton).
+EFL (and EQFL) in chunked PyTorch: the code path for the CPU (and for CUDA without Triton).
 
 One pass computes the loss, and when asked the gradient and the per-class sums of |gradient|, block by block,
 so the float32 temporaries stay a few MB whatever the number of anchors. Every cell is first treated as a
@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import DenseTargets
+from .targets import DenseTargets
 
-__all__ = ["efl_torch"]
+__all__ = ["ChunkedTorchKernel", "efl_torch"]
 
 # Cells per block: bounds every float32 temporary to 4 MB.
 CHUNK_CELLS = 1 << 20
@@ -148,3 +148,30 @@ def efl_torch(
         if want_grad:
             grads.append(grad)
     return loss, grads, pos_sum, neg_sum
+
+
+class ChunkedTorchKernel:
+    """
+    The chunked PyTorch path as a :class:`efl.losses.function.DenseKernel`. Forward computes loss, gradient and
+    statistics together (on the CPU a second pass would cost as much again); backward scales the kept gradient.
+    """
+
+    name = "torch"
+
+    def forward(self, ctx, levels: Sequence[Tensor], targets: DenseTargets, want_grad: bool) -> Tensor:
+        loss, grads, pos_sum, neg_sum = efl_torch(levels, targets, want_grad)
+        ctx.grads = grads
+        ctx.statistics = (pos_sum, neg_sum)
+        return loss
+
+    def backward(self, ctx, grad_output: Tensor) -> Tuple[List[Tensor], Tensor, Tensor]:
+        grads = ctx.grads
+        if grads is None:
+            raise RuntimeError(
+                "EqualizedFocalLoss: backward ran twice through the same call (retain_graph); its gradient "
+                "buffer is handed over on the first backward. Call the loss again instead."
+            )
+        ctx.grads = None
+        for grad in grads:
+            grad.mul_(grad_output)
+        return grads, *ctx.statistics

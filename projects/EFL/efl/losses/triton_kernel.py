@@ -16,9 +16,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import DenseTargets
+from .targets import DenseTargets
 
-__all__ = ["efl_loss_triton", "efl_grad_triton"]
+__all__ = ["TritonKernel", "efl_loss_triton", "efl_grad_triton"]
 
 
 @triton.jit
@@ -229,3 +229,22 @@ def efl_grad_triton(
     grads = [torch.empty_like(x) for x in levels]
     _, pos_sum, neg_sum = _launch(levels, grads, targets, grad_output.reshape(1))
     return grads, pos_sum, neg_sum
+
+
+class TritonKernel:
+    """
+    The Triton path as a :class:`efl.losses.function.DenseKernel`: forward reads the logits once for the loss,
+    backward reads them again and writes the gradient and the statistics; nothing (anchors x classes) is kept
+    in between.
+    """
+
+    name = "triton"
+
+    def forward(self, ctx, levels: Sequence[Tensor], targets: DenseTargets, want_grad: bool) -> Tensor:
+        if want_grad:
+            ctx.targets = targets
+            ctx.save_for_backward(*levels)
+        return efl_loss_triton(levels, targets)
+
+    def backward(self, ctx, grad_output: Tensor) -> Tuple[List[Tensor], Tensor, Tensor]:
+        return efl_grad_triton(ctx.saved_tensors, ctx.targets, grad_output)
