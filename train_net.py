@@ -34,15 +34,17 @@ from efl.engine import (
     FullModelGradientClipping,
     ReportNonFiniteStatistics,
     RevertStatisticsOfSkippedSteps,
+    with_epoch_schedule,
 )
 
 
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, with four differences:
+        # DefaultTrainer.__init__, with five differences:
         # - DistributedDataParallel gets device_ids only on GPUs (DDP refuses them for a model on the CPU, which is
         #   how CPU/gloo training runs);
         # - the training sampler is resumable (see resume_or_load) and skips unreadable images;
+        # - a schedule in epochs (SOLVER.MAX_EPOCHS) is resolved into iterations from the training set's size;
         # - the step-running trainer gets the hooks that must run between backward and the optimizer step:
         #   SOLVER.CLIP_GRADIENTS of type "full_model", and under AMP the undoing of EFL statistics of skipped steps;
         # - checkpoints are written atomically (EFLCheckpointer).
@@ -53,6 +55,8 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader, self._train_sampler = build_resumable_train_loader(cfg)
+        # SOLVER.MAX_EPOCHS: MAX_ITER, STEPS and WARMUP_ITERS from the data, for everything built below
+        cfg = with_epoch_schedule(cfg, self._train_sampler.epoch_size)
         on_gpu = next(model.parameters()).device.type == "cuda"
         model = create_ddp_model(
             model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_gpu else None
@@ -111,6 +115,7 @@ def build_config(args) -> CfgNode:
 def main(args, cfg: CfgNode):
     """One process's work; ``cfg`` was built and checked once, before the processes started."""
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="efl")  # our modules' messages too
     if args.eval_only:
         model = Trainer.build_model(cfg)
         EFLCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

@@ -26,10 +26,19 @@ def train(output_dir, iterations, *extra):
     return torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=False)
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    uninterrupted = train(tmp_path / "a", 6)
-    train(tmp_path / "b", 3)
-    resumed = train(tmp_path / "b", 6, "--resume")
+# The official repeat-factor sampling: with threshold 0.3 the test set's 120 images enlarge to 189 (each repeated
+# ceil(r) times, 1 to 5), so 3 iterations of 4 images stop in the middle of the first enlarged epoch.
+CEIL_REPEAT_FACTORS = [
+    "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "0.3",
+    "DATALOADER.REPEAT_ROUNDING", "ceil",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("sampler", [[], CEIL_REPEAT_FACTORS], ids=["plain", "ceil_repeat_factors"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, sampler):
+    uninterrupted = train(tmp_path / "a", 6, *sampler)
+    train(tmp_path / "b", 3, *sampler)
+    resumed = train(tmp_path / "b", 6, "--resume", *sampler)
 
     assert resumed["iteration"] == uninterrupted["iteration"] == 5
     model, expected = resumed["model"], uninterrupted["model"]

@@ -7,10 +7,11 @@ from typing import List
 
 import torch
 
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .data import synthetic_spec_of
+from .data.samplers import REPEAT_ROUNDINGS
 from .losses import check_efl_hyperparameters
 from .modeling import CLS_LOSSES
 
@@ -26,7 +27,7 @@ def check_config(cfg: CfgNode, eval_only: bool = False) -> None:
     Raise ConfigError unless ``cfg`` can run here: EFL hyper-parameters in range, the device present, every
     dataset it uses registered with its files in place (the embedded synthetic sets are generated when they are
     first loaded, not here), MODEL.RETINANET.NUM_CLASSES equal to the datasets' number of categories, training images to train on,
-    and the weights named by MODEL.WEIGHTS (needed for ``eval_only``).
+    the weights named by MODEL.WEIGHTS (needed for ``eval_only``), and an epoch-based schedule that can be resolved.
     """
     try:
         check_efl_hyperparameters(cfg.MODEL.EFL.GAMMA_B, cfg.MODEL.EFL.SCALE, cfg.MODEL.EFL.ALPHA)
@@ -45,6 +46,7 @@ def check_config(cfg: CfgNode, eval_only: bool = False) -> None:
     if not eval_only:
         for name in cfg.DATASETS.TRAIN:
             _check_has_training_images(name, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        _check_epoch_schedule(cfg)
     if eval_only or cfg.MODEL.WEIGHTS:
         _check_weights(cfg.MODEL.WEIGHTS)
 
@@ -57,6 +59,42 @@ def _check_loss(loss: str, meta_architecture: str) -> None:
             "MODEL.EFL.LOSS 'eqfl' needs the IoU of each positive anchor's predicted box, which only "
             f"ImprovedRetinaNet computes; MODEL.META_ARCHITECTURE is {meta_architecture!r}"
         )
+
+
+def _check_epoch_schedule(cfg: CfgNode) -> None:
+    if cfg.DATALOADER.REPEAT_ROUNDING not in REPEAT_ROUNDINGS:
+        raise ConfigError(
+            f"DATALOADER.REPEAT_ROUNDING must be one of {', '.join(REPEAT_ROUNDINGS)}, "
+            f"got {cfg.DATALOADER.REPEAT_ROUNDING!r}"
+        )
+    solver = cfg.SOLVER
+    epochs = solver.MAX_EPOCHS
+    if epochs < 0:
+        raise ConfigError(f"SOLVER.MAX_EPOCHS must be 0 (count in iterations) or more, got {epochs}")
+    if epochs == 0:
+        return
+    if cfg.DATALOADER.SAMPLER_TRAIN not in ("TrainingSampler", "RepeatFactorTrainingSampler"):
+        raise ConfigError(
+            f"SOLVER.MAX_EPOCHS needs a sampler with epochs: DATALOADER.SAMPLER_TRAIN TrainingSampler or "
+            f"RepeatFactorTrainingSampler, got {cfg.DATALOADER.SAMPLER_TRAIN!r} (or set SOLVER.MAX_EPOCHS 0 and "
+            "SOLVER.MAX_ITER)"
+        )
+    steps = list(solver.EPOCH_STEPS)
+    if any(not 0 < e < epochs for e in steps) or steps != sorted(steps):
+        raise ConfigError(f"SOLVER.EPOCH_STEPS must increase within (0, SOLVER.MAX_EPOCHS = {epochs}), got {steps}")
+    if not 0 <= solver.WARMUP_EPOCHS <= epochs:
+        raise ConfigError(f"SOLVER.WARMUP_EPOCHS must lie in [0, {epochs}], got {solver.WARMUP_EPOCHS}")
+    # A count in iterations given as well (say SOLVER.MAX_ITER 1000 on the command line for a short run) would be
+    # replaced without a word: stop instead.
+    default = get_cfg().SOLVER
+    for key in ("MAX_ITER", "STEPS", "WARMUP_ITERS"):
+        if solver[key] != default[key]:
+            raise ConfigError(
+                f"SOLVER.MAX_EPOCHS ({epochs}) sets SOLVER.MAX_ITER, STEPS and WARMUP_ITERS from the training set, "
+                f"but SOLVER.{key} is given too ({solver[key]}): to count in iterations add SOLVER.MAX_EPOCHS 0, "
+                f"to count in epochs leave SOLVER.{key} at its default ({default[key]}) and set SOLVER.EPOCH_STEPS / "
+                "SOLVER.WARMUP_EPOCHS"
+            )
 
 
 def _datasets_root() -> str:

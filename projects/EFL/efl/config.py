@@ -5,7 +5,8 @@ from detectron2.config import CfgNode as CN
 def add_efl_config(cfg: CN) -> None:
     """
     Add the ``MODEL.EFL`` node (the hyper-parameters of Equalized Focal Loss, used by every EFL detector; the
-    defaults are the paper's), ``MODEL.IMPROVED_BASELINE`` and the few keys the improved baseline adds elsewhere.
+    defaults are the paper's), ``MODEL.IMPROVED_BASELINE``, the few keys the improved baseline adds elsewhere, and
+    the epoch-based schedule (``SOLVER.MAX_EPOCHS`` ..., ``DATALOADER.REPEAT_ROUNDING``).
     """
     cfg.MODEL.EFL = CN()
     # gamma_b: the focusing factor every class starts from (EFL with pos_neg = 1 is focal loss with it)
@@ -37,11 +38,26 @@ def add_efl_config(cfg: CN) -> None:
     cfg.MODEL.IMPROVED_BASELINE.IOU_BRANCH = True
     # weight the GIoU box loss by the IoU targets and normalise by their sum (else / number of positives)
     cfg.MODEL.IMPROVED_BASELINE.IOU_WEIGHTED_BOX_LOSS = True
+    # False: the head towers' convs that a norm follows have no bias (the norm's shift makes it redundant; the
+    # official code and its released models have none)
+    cfg.MODEL.IMPROVED_BASELINE.TOWER_CONV_BIAS = True
 
     # pad input images to a multiple of this (0: the FPN's coarsest stride, detectron2's default); read by
     # build_retinanet_resnet_fpn_lateral_p6p7_backbone (the released EFL models pad to 64)
     cfg.MODEL.FPN.SIZE_DIVISIBILITY = 0
     # library of the test-time resize: "pil" (detectron2's) or "opencv" (cv2.INTER_LINEAR, the released EFL models')
     cfg.INPUT.TEST_RESIZE_BACKEND = "pil"
+
+    # Epoch-based schedules (efl/engine/schedule.py). An epoch is one pass over the training list as the sampler
+    # enlarges it; train_net.py resolves these into SOLVER.MAX_ITER, STEPS and WARMUP_ITERS when training starts.
+    # the number of epochs; 0 keeps SOLVER.MAX_ITER, STEPS and WARMUP_ITERS as given
+    cfg.SOLVER.MAX_EPOCHS = 0
+    # the LR steps, in epochs (fractions allowed), with MAX_EPOCHS
+    cfg.SOLVER.EPOCH_STEPS = ()
+    # the warm-up, in epochs (a float), with MAX_EPOCHS
+    cfg.SOLVER.WARMUP_EPOCHS = 0.0
+    # how RepeatFactorTrainingSampler makes whole repeats of each image's factor r: "stochastic" (detectron2's:
+    # floor(r), plus one with probability r - floor(r), each epoch) or "ceil" (the official EFL code's: ceil(r))
+    cfg.DATALOADER.REPEAT_ROUNDING = "stochastic"
 
     cfg.register_renamed_key("MODEL.IMPROVED_BASELINE.CLS_LOSS", "MODEL.EFL.LOSS")

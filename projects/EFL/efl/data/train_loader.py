@@ -1,7 +1,9 @@
 """
 detectron2's training data loader, made resumable and tolerant of the odd unreadable image:
 - the sampler (TrainingSampler or RepeatFactorTrainingSampler alike) can skip what a resumed run had already
-  consumed, so that a run resumed at iteration N sees the images an uninterrupted run would have seen;
+  consumed, so that a run resumed at iteration N sees the images an uninterrupted run would have seen, and knows
+  how many images an epoch has (for SOLVER.MAX_EPOCHS);
+- repeat-factor sampling rounds as DATALOADER.REPEAT_ROUNDING says (:class:`RepeatFactorSampler`);
 - an image that cannot be read is skipped with a warning naming it; many consecutive failures stop training with
   a message, since they mean a wrong image folder rather than a bad file.
 """
@@ -12,8 +14,10 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 from torch.utils.data import DataLoader, Sampler
 
 from detectron2.config import CfgNode
-from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.build import _train_loader_from_config
+
+from .samplers import build_epoch_sampler
 
 __all__ = ["ResumableSampler", "SkipUnreadableImages", "build_resumable_train_loader"]
 
@@ -21,10 +25,15 @@ logger = logging.getLogger(__name__)
 
 
 class ResumableSampler(Sampler):
-    """Wrap an infinite per-process sampler; ``skip`` indices of its stream are dropped when iteration starts."""
+    """
+    Wrap an infinite per-process sampler; ``skip`` indices of its stream are dropped when iteration starts.
+    ``epoch_size``: the images in one pass over the (enlarged) training list, all processes together; the expected
+    number when passes vary in length; None for a sampler without epochs.
+    """
 
-    def __init__(self, sampler: Sampler):
+    def __init__(self, sampler: Sampler, epoch_size: Optional[float] = None):
         self.sampler = sampler
+        self.epoch_size = epoch_size
         self.skip = 0
 
     def __iter__(self) -> Iterator[int]:
@@ -57,7 +66,15 @@ class SkipUnreadableImages:
 
 def build_resumable_train_loader(cfg: CfgNode) -> Tuple[DataLoader, ResumableSampler]:
     """detectron2's training loader for ``cfg``, with a :class:`ResumableSampler` and :class:`SkipUnreadableImages`."""
-    kwargs = _train_loader_from_config(cfg, DatasetMapper(cfg, True))
-    sampler = ResumableSampler(kwargs.pop("sampler"))
+    # the images detectron2's training loader reads (those without annotations dropped as configured)
+    dataset = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN,
+        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+    )
+    sampler, epoch_size = build_epoch_sampler(cfg, dataset)
+    kwargs = _train_loader_from_config(cfg, DatasetMapper(cfg, True), dataset=dataset, sampler=sampler)
+    sampler = ResumableSampler(kwargs.pop("sampler"), epoch_size)
     kwargs["mapper"] = SkipUnreadableImages(kwargs["mapper"])
     return build_detection_train_loader(sampler=sampler, **kwargs), sampler
