@@ -15,6 +15,8 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.data.build import _train_loader_from_config
 
+from ..errors import ConfigError
+
 __all__ = ["ResumableSampler", "SkipUnreadableImages", "build_resumable_train_loader"]
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ class SkipUnreadableImages:
         except OSError as e:  # missing file, unreadable or truncated image (PIL's errors are OSErrors)
             self._failures += 1
             if self._failures >= self.max_consecutive_failures:
-                raise RuntimeError(
+                raise ConfigError(
                     f"{self._failures} images in a row could not be read, the last {dataset_dict['file_name']!r} "
                     f"({e}): check the dataset's image folder (see README, 'Data')"
                 ) from None
@@ -59,5 +61,6 @@ def build_resumable_train_loader(cfg: CfgNode) -> Tuple[DataLoader, ResumableSam
     """detectron2's training loader for ``cfg``, with a :class:`ResumableSampler` and :class:`SkipUnreadableImages`."""
     kwargs = _train_loader_from_config(cfg, DatasetMapper(cfg, True))
     sampler = ResumableSampler(kwargs.pop("sampler"))
-    kwargs["mapper"] = SkipUnreadableImages(kwargs["mapper"])
+    # A dataset of fewer images than the limit, all unreadable, stops when it has tried each once.
+    kwargs["mapper"] = SkipUnreadableImages(kwargs["mapper"], min(100, len(kwargs["dataset"])))
     return build_detection_train_loader(sampler=sampler, **kwargs), sampler
