@@ -107,7 +107,7 @@ class OutputDirLock:
 
 def _read_owner(fd: int) -> Optional[Dict]:
     """The owner a lock file records, {} when unreadable, None when empty (a fresh file)."""
-    data = os.pread(fd, 4096, 0)
+    data = os.pread(fd, 1 << 16, 0)
     if not data:
         return None
     try:
