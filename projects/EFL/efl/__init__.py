@@ -17,8 +17,8 @@ except ImportError:  # only the loss is available; an error inside our detectron
     pass
 else:
     from .checks import ConfigError, check_config
-    from .config import add_efl_config
-    from .data import lvis_frequency_groups, register_synthetic_lvis
+    from .config import add_efl_config, load_config
+    from .data import lvis_frequency_groups, register_datasets, register_synthetic_lvis
     from .engine import FullModelGradientClipping
     from .evaluation import LVISEvaluator, build_evaluator
     from .modeling import EFLDetectorMixin, EFLRetinaNet, ImprovedRetinaNet
@@ -33,6 +33,8 @@ else:
         "add_efl_config",
         "build_evaluator",
         "check_config",
+        "load_config",
         "lvis_frequency_groups",
+        "register_datasets",
         "register_synthetic_lvis",
     ]

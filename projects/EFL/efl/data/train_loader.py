@@ -17,6 +17,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.build import _train_loader_from_config
 
+from ..errors import ConfigError
 from .samplers import build_epoch_sampler
 
 __all__ = ["ResumableSampler", "SkipUnreadableImages", "build_resumable_train_loader"]
@@ -54,7 +55,7 @@ class SkipUnreadableImages:
         except OSError as e:  # missing file, unreadable or truncated image (PIL's errors are OSErrors)
             self._failures += 1
             if self._failures >= self.max_consecutive_failures:
-                raise RuntimeError(
+                raise ConfigError(
                     f"{self._failures} images in a row could not be read, the last {dataset_dict['file_name']!r} "
                     f"({e}): check the dataset's image folder (see README, 'Data')"
                 ) from None
@@ -76,5 +77,6 @@ def build_resumable_train_loader(cfg: CfgNode) -> Tuple[DataLoader, ResumableSam
     sampler, epoch_size = build_epoch_sampler(cfg, dataset)
     kwargs = _train_loader_from_config(cfg, DatasetMapper(cfg, True), dataset=dataset, sampler=sampler)
     sampler = ResumableSampler(kwargs.pop("sampler"), epoch_size)
-    kwargs["mapper"] = SkipUnreadableImages(kwargs["mapper"])
+    # A dataset of fewer images than the limit, all unreadable, stops when it has tried each once.
+    kwargs["mapper"] = SkipUnreadableImages(kwargs["mapper"], min(100, len(dataset)))
     return build_detection_train_loader(sampler=sampler, **kwargs), sampler
