@@ -20,6 +20,7 @@ from oracle import reference_efl
 CUDA = torch.cuda.is_available()
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if CUDA else "cpu"
+FALLBACK_TESTS = os.path.join(os.path.dirname(__file__), "test_kernel_fallback.py")
 
 
 def implementations():
@@ -244,7 +245,7 @@ def test_environment_variable_overrides_the_implementation(monkeypatch):
 @pytest.mark.skipif(CUDA or INTERPRETED, reason="the GPU runs the Triton cases directly")
 def test_triton_kernel_in_the_interpreter():
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "triton and not interpreter"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, FALLBACK_TESTS, "-k", "triton and not interpreter"],
         env={**os.environ, "TRITON_INTERPRET": "1"},
         capture_output=True,
         text=True,
