@@ -242,6 +242,37 @@ def test_environment_variable_overrides_the_implementation(monkeypatch):
         EqualizedFocalLoss(7, implementation="fastest")
 
 
+@pytest.mark.skipif(not (CUDA or INTERPRETED), reason="needs a GPU (runs in Triton's interpreter via another test)")
+@pytest.mark.parametrize("layout", ["levels", "rows"])
+def test_triton_every_tile_configuration_matches_the_float64_oracle(layout):
+    from efl.losses.targets import DenseTargets
+    from efl.losses.triton_kernel import CONFIGS, efl_grad_triton, efl_loss_triton
+
+    levels, labels = dense_problem(sizes=((4, 5), (1, 1)), seed=16)
+    if layout == "rows":  # forward()'s (R, C) logits: classes contiguous, one level
+        levels = [as_rows(levels, 3, 7).t()[None, :, :, None]]
+        labels = labels.reshape(1, -1)
+    num_anchors = 3 if layout == "levels" else 1
+    pos_neg = torch.rand(7, generator=torch.Generator().manual_seed(17))
+    module = EqualizedFocalLoss(7)
+    module.pos_neg.copy_(pos_neg)
+    gamma = module.focusing_factors()
+    w_pos, w_neg = module._class_weights(gamma / 2.0, 3.0)
+    targets = DenseTargets(labels.to(DEVICE), None, gamma.to(DEVICE), w_pos.to(DEVICE), w_neg.to(DEVICE), num_anchors)
+    levels = [x.to(DEVICE) for x in levels]
+    ref_loss, ref_grad, ref_pos, ref_neg = reference_efl(
+        as_rows([x.cpu() for x in levels], num_anchors, 7), labels.reshape(-1), pos_neg, normalizer=3.0
+    )
+    for config in CONFIGS:
+        loss = efl_loss_triton(levels, targets, config)
+        grads, pos, neg = efl_grad_triton(levels, targets, torch.tensor(1.0, device=DEVICE), config)
+        torch.testing.assert_close(loss.cpu().double(), ref_loss, rtol=1e-5, atol=0, msg=str(config))
+        grad_rows = as_rows([g.cpu() for g in grads], num_anchors, 7).double()
+        torch.testing.assert_close(grad_rows, ref_grad, rtol=1e-5, atol=1e-9, msg=str(config))
+        torch.testing.assert_close(pos.cpu().double(), ref_pos, rtol=1e-5, atol=1e-12, msg=str(config))
+        torch.testing.assert_close(neg.cpu().double(), ref_neg, rtol=1e-5, atol=1e-12, msg=str(config))
+
+
 @pytest.mark.skipif(CUDA or INTERPRETED, reason="the GPU runs the Triton cases directly")
 def test_triton_kernel_in_the_interpreter():
     run = subprocess.run(
