@@ -3,7 +3,9 @@ detectron2's training data loader, made resumable and tolerant of the odd unread
 - the sampler (TrainingSampler or RepeatFactorTrainingSampler alike) can skip what a resumed run had already
   consumed, so that a run resumed at iteration N sees the images an uninterrupted run would have seen;
 - an image that cannot be read is skipped with a warning naming it; many consecutive failures stop training with
-  a message, since they mean a wrong image folder rather than a bad file.
+  a message, since they mean a wrong image folder rather than a bad file;
+- every annotation's class is checked against the number of classes, in the loader's workers, so that the loss
+  need not read its labels' range on the GPU every step.
 """
 import itertools
 import logging
@@ -15,7 +17,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.data.build import _train_loader_from_config
 
-__all__ = ["ResumableSampler", "SkipUnreadableImages", "build_resumable_train_loader"]
+__all__ = ["CheckAnnotatedClasses", "ResumableSampler", "SkipUnreadableImages", "build_resumable_train_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +57,37 @@ class SkipUnreadableImages:
         return mapped
 
 
+class CheckAnnotatedClasses:
+    """
+    A dataset mapper that raises ValueError, naming the image, for an annotation whose class is not in
+    [0, num_classes). It runs on the CPU, in the loader's workers: the detectors' losses rely on it instead of
+    reading their labels' range on the GPU every step.
+    """
+
+    def __init__(self, mapper: Callable[[Dict], Optional[Dict]], num_classes: int):
+        self.mapper = mapper
+        self.num_classes = num_classes
+
+    def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
+        mapped = self.mapper(dataset_dict)
+        instances = None if mapped is None else mapped.get("instances")
+        if instances is not None and instances.has("gt_classes") and len(instances):
+            classes = instances.gt_classes
+            if int(classes.min()) < 0 or int(classes.max()) >= self.num_classes:
+                raise ValueError(
+                    f"Training image {dataset_dict.get('file_name')!r} has annotations of classes "
+                    f"{sorted(set(classes.tolist()))}, outside [0, {self.num_classes}): the dataset's category ids "
+                    f"must map to 0..{self.num_classes - 1} (MODEL.RETINANET.NUM_CLASSES is {self.num_classes})"
+                )
+        return mapped
+
+
 def build_resumable_train_loader(cfg: CfgNode) -> Tuple[DataLoader, ResumableSampler]:
-    """detectron2's training loader for ``cfg``, with a :class:`ResumableSampler` and :class:`SkipUnreadableImages`."""
+    """
+    detectron2's training loader for ``cfg``, with a :class:`ResumableSampler`, :class:`SkipUnreadableImages` and
+    :class:`CheckAnnotatedClasses`.
+    """
     kwargs = _train_loader_from_config(cfg, DatasetMapper(cfg, True))
     sampler = ResumableSampler(kwargs.pop("sampler"))
-    kwargs["mapper"] = SkipUnreadableImages(kwargs["mapper"])
+    kwargs["mapper"] = CheckAnnotatedClasses(SkipUnreadableImages(kwargs["mapper"]), cfg.MODEL.RETINANET.NUM_CLASSES)
     return build_detection_train_loader(sampler=sampler, **kwargs), sampler

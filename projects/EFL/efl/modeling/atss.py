@@ -67,11 +67,11 @@ def atss_assign(anchors: List[Boxes], gt_boxes: Boxes, topk: int) -> Tuple[Tenso
     )  # fmt: skip
     is_positive &= inside
 
-    # Keep, for each anchor, the IoU with the boxes it is a positive of; then the best of them.
+    # Keep, for each anchor, the IoU with the boxes it is a positive of; then the best of them. (Masks rather than
+    # boolean-mask indexing, which costs a GPU a host sync; a box's candidates are distinct anchors.)
     positive_ious = torch.full_like(ious, -1.0)
-    gt_index = torch.arange(len(gt_boxes), device=device).expand_as(candidates)
-    positive_ious[candidates[is_positive], gt_index[is_positive]] = candidate_ious[is_positive]
+    positive_ious.scatter_(0, candidates, torch.where(is_positive, candidate_ious, -1.0))
     best_iou, best_gt = positive_ious.max(dim=1)
     assigned = best_iou >= 0
-    matched[assigned] = best_gt[assigned]
+    matched = torch.where(assigned, best_gt, matched)
     return matched, torch.where(assigned, best_iou, torch.zeros_like(best_iou))
