@@ -133,3 +133,46 @@ def test_giou_loss_has_fvcores_values_and_gradients():
     with HostSyncs("cpu") as reads:
         giou_loss(boxes, targets)
     assert reads.sites == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("model", MODELS)
+def test_cuda_training_step_syncs_only_in_detectron2(model):
+    torch.manual_seed(0)
+    model = build_model(small_cfg(*MODELS[model], "MODEL.DEVICE", "cuda")).train()
+    inputs = make_inputs(INPUTS)
+    with EventStorage(start_iter=0) as storage:
+        for iteration in (1, 2):  # the first call checks and tunes the Triton kernel
+            storage.iter = iteration
+            with HostSyncs("cuda") as syncs:
+                sum(model(inputs).values()).backward()
+    assert [s for s in syncs.sites if s.path.startswith("efl")] == []
+
+
+def test_the_amp_hook_undoes_a_skipped_step_without_reading_the_scale_back():
+    from efl.engine import RevertStatisticsOfSkippedSteps
+    from test_mixed_precision import _Trainer
+
+    model = torch.nn.Module()
+    model.cls_loss = EqualizedFocalLoss(3).train()
+    model.weight = torch.nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    hook = RevertStatisticsOfSkippedSteps()
+    hook.trainer = _Trainer(model, scaler)
+    kept = []
+    for overflow in (False, False, True):
+        with HostSyncs("cpu") as reads:
+            hook.before_step()
+        loss = model.cls_loss(torch.randn(6, 3, requires_grad=True), torch.tensor([0, 1, 3, 3, 2, -1]))
+        scaler.scale(loss + model.weight.sum()).backward()
+        if overflow:
+            model.weight.grad.fill_(float("inf"))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+        with HostSyncs("cpu") as after:
+            hook.after_step()
+        kept.append(model.cls_loss.pos_grad.clone())
+    assert reads.sites == [] and after.sites == []  # from the second step on, nothing is read back
+    assert torch.equal(kept[2], kept[1]) and not torch.equal(kept[1], kept[0])

@@ -274,11 +274,16 @@ class EqualizedFocalLoss(nn.Module):
         return bad
 
     @torch.no_grad()
-    def revert_last_update(self) -> None:
-        """Undo the last statistics update exactly, for a training step that was then skipped (AMP overflow)."""
+    def revert_last_update(self, where: Optional[Tensor] = None) -> None:
+        """
+        Undo the last statistics update exactly, for a training step that was then skipped (AMP overflow).
+
+        Args:
+            where: a 0-dim bool tensor: undo it only where it holds, decided on its device (no host sync).
+        """
         if self._previous is not None:
             for buffer, value in zip((self.pos_grad, self.neg_grad, self.pos_neg), self._previous):
-                buffer.copy_(value)
+                buffer.copy_(value if where is None else torch.where(where, value, buffer))
             self._previous = None
 
     @torch.no_grad()
