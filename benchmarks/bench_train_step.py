@@ -9,10 +9,10 @@ branch), and RetinaNet with the classification loss removed (what everything els
     python benchmarks/bench_train_step.py --device cuda --size 1024
 
 Each model runs in a fresh process; "peak" is the allocator's peak on CUDA and the process's peak resident
-size on the CPU. "syncs / step" counts, for one step after the timed ones, the calls that made the host wait for
-the GPU (CUDA), or on the CPU the host reads of tensor values that would (see host_syncs.py), by the package whose
-code asked: ours (efl) and detectron2's (including the backward of its boolean-mask indexing). The timed steps are
-not logging iterations (1 in 20 is, see EFLDetectorMixin.LOG_PERIOD).
+size on the CPU. "syncs" counts, for one step after the timed ones, the calls that made the host wait for the
+GPU (CUDA), or on the CPU the host reads of tensor values that would (see host_syncs.py), by the package whose
+code asked: ours (efl), detectron2's (with the backward ops, which here are those of its boolean-mask indexing),
+and any other. The timed steps are not logging iterations (1 in 20 is, see EFLDetectorMixin.LOG_PERIOD).
 """
 import argparse
 import json
@@ -27,7 +27,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from efl import add_efl_config
-from host_syncs import HostSyncs
+from host_syncs import BACKWARD, HostSyncs
 from measure import device_name, markdown_table, peak_rss_bytes, run_child, sync, time_ms
 
 # name -> (base config, meta-architecture)
@@ -106,13 +106,14 @@ def measure(name, device, size, repeat, opts=()):
         peak = torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss_bytes()
         with HostSyncs(device) as syncs:
             step()
-            sync(device)
     origins = syncs.by_origin()
+    theirs = origins["detectron2"] + origins[BACKWARD]
     return {
         "ms": ms,
         "peak_gb": peak / 1e9,
         "syncs_efl": origins["efl"],
-        "syncs_other": sum(origins.values()) - origins["efl"],
+        "syncs_detectron2": theirs,
+        "syncs_other": sum(origins.values()) - origins["efl"] - theirs,
         "sync_sites": [f"{s.path}:{s.function}" for s in syncs.sites],
         "sync_kind": syncs.kind,
         "model": f"R-{cfg.MODEL.RESNETS.DEPTH}-FPN, {num_classes} classes",
@@ -131,12 +132,13 @@ def train_step_report(device, size, repeat, opts=(), models=tuple(MODELS), same_
         else:
             argv = [__file__, "--device", device, "--size", str(size), "--repeat", str(repeat), "--child", name]
             r = run_child(argv + ["--opts", *map(str, opts)] if opts else argv)
-        rows.append([name, f"{r['ms']:.1f}", f"{r['peak_gb']:.2f}", str(r["syncs_efl"]), str(r["syncs_other"])])
+        syncs = [str(r[k]) for k in ("syncs_efl", "syncs_detectron2", "syncs_other")]
+        rows.append([name, f"{r['ms']:.1f}", f"{r['peak_gb']:.2f}", *syncs])
     title = (
         f"one training iteration, {r['model']}, 2 images of {size} x {size}, {device_name(device)}, "
         f"torch {torch.__version__}, median of {repeat}; syncs: {r['sync_kind']} in one step"
     )
-    headers = ["model", "ms", "peak GB", "syncs / step: ours", "syncs / step: detectron2's"]
+    headers = ["model", "ms", "peak GB", "syncs: ours", "syncs: detectron2's (and backward)", "syncs: other"]
     return title + "\n\n" + markdown_table(rows, headers)
 
 

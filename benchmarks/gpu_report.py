@@ -7,11 +7,11 @@ to stdout:
    Triton tile shape; autotuning), the fallback of "auto", AMP, attribution with 2, 3 and 9 anchors per location,
    and the syncs of a training step;
 2. benchmarks/bench_loss.py at R = 90,000 and 400,000;
-3. benchmarks/sweep_triton_blocks.py (every Triton tile shape, and autotuning's picks);
-4. benchmarks/bench_train_step.py at 2 x 1024 x 1024: RetinaNet, EFLRetinaNet, the improved baseline.
+3. benchmarks/bench_train_step.py at 2 x 1024 x 1024: RetinaNet, EFLRetinaNet, the improved baseline;
+4. benchmarks/sweep_triton_blocks.py (every Triton tile shape, and autotuning's picks).
 
-Each part runs in its own process under its own time limit; one that fails or runs out of time is reported with
-the end of its output, and the next one still runs. The exit status is 0 only when every part passed.
+Each part runs in its own process under its own time limit (the most important first); one that fails or runs
+out of time is reported with the end of its output, and the next one still runs. The exit status is 0 only when every part passed.
 
     make bench-gpu                                    # python benchmarks/gpu_report.py --output output/gpu_report.md
     python benchmarks/gpu_report.py --dry-run        # the same parts on the CPU at tiny sizes (no GPU figures)
@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = 480  # 8 minutes for all parts on a GPU
@@ -56,23 +56,23 @@ TINY_MODEL = [
 def parts(dry_run: bool) -> List[Part]:
     if not dry_run:
         return [
-            Part("CUDA tests", 200, PYTEST + CUDA_TESTS),
-            Part("Loss: forward + backward + statistics", 100,
+            Part("CUDA tests", 180, PYTEST + CUDA_TESTS),
+            Part("Loss: forward + backward + statistics", 90,
                  ["benchmarks/bench_loss.py", "--device", "cuda", "--rows", "90000", "400000"]),
-            Part("Triton tile shapes", 60, ["benchmarks/sweep_triton_blocks.py", "--repeat", "10"]),
-            Part("One training iteration", 120,
+            Part("One training iteration", 130,
                  ["benchmarks/bench_train_step.py", "--device", "cuda", "--size", "1024", "--repeat", "10"]),
+            Part("Triton tile shapes", 80, ["benchmarks/sweep_triton_blocks.py", "--repeat", "10"]),
         ]  # fmt: skip
     return [
         Part("CUDA tests", 300, PYTEST + ["tests/test_kernels.py::test_plain_rows_match_the_float64_oracle"]),
         Part("Loss: forward + backward + statistics", 300,
              ["benchmarks/bench_loss.py", "--device", "cpu", "--rows", "500", "--repeat", "1", "--same-process"]),
-        Part("Triton tile shapes", 300,
-             ["benchmarks/sweep_triton_blocks.py", "--device", "cpu", "--size", "16", "--anchors", "1", "--rows", "16",
-              "--classes", "3", "--configs", "2", "--repeat", "1"], {"TRITON_INTERPRET": "1"}),
         Part("One training iteration", 300,
              ["benchmarks/bench_train_step.py", "--device", "cpu", "--size", "64", "--repeat", "1", "--same-process",
               "--models", "EFLRetinaNet", "improved baseline (ImprovedRetinaNet, EFL)", "--opts", *TINY_MODEL]),
+        Part("Triton tile shapes", 300,
+             ["benchmarks/sweep_triton_blocks.py", "--device", "cpu", "--size", "16", "--anchors", "1", "--rows", "16",
+              "--classes", "3", "--configs", "2", "--repeat", "1"], {"TRITON_INTERPRET": "1"}),
     ]  # fmt: skip
 
 
@@ -105,8 +105,8 @@ def environment(dry_run: bool) -> str:
     return "\n".join(lines)
 
 
-def run_part(part: Part, timeout: float) -> str:
-    """The part's section of the report: its output, or why it failed and the end of what it printed."""
+def run_part(part: Part, timeout: float) -> Tuple[bool, str, str]:
+    """Whether the part passed, its verdict, and its section: its output, or the end of what it printed."""
     env = dict(os.environ, **part.env)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "projects" / "EFL"), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -122,36 +122,37 @@ def run_part(part: Part, timeout: float) -> str:
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
     seconds = time.perf_counter() - start
-    command = "python " + " ".join(part.argv)
+    if status == 0:
+        verdict = f"passed in {seconds:.0f} s"
+    elif status is None:
+        verdict = f"**TIMED OUT** after {timeout:.0f} s"
+    else:
+        verdict = f"**FAILED** (exit {status}) after {seconds:.0f} s"
+    head = f"## {part.title}\n\n{verdict}: `python {' '.join(part.argv)}`\n\n"
     if status == 0 and part.argv[:2] != ["-m", "pytest"]:
-        return f"## {part.title}\n\npassed in {seconds:.0f} s: `{command}`\n\n{out.strip()}\n"
-    verdict = (
-        f"passed in {seconds:.0f} s"
-        if status == 0
-        else f"**FAILED** (exit {status}) after {seconds:.0f} s"
-        if status is not None
-        else f"**TIMED OUT** after {timeout:.0f} s"
-    )
+        return True, verdict, head + out.strip()
     tail = (out.strip()[-6000:] + ("\n" + err.strip()[-3000:] if status != 0 and err.strip() else "")).strip()
-    return f"## {part.title}\n\n{verdict}: `{command}`\n\n```text\n{tail}\n```\n"
+    return status == 0, verdict, head + f"```text\n{tail}\n```"
 
 
-def report(dry_run: bool) -> (str, bool):
+def report(dry_run: bool) -> Tuple[str, bool]:
+    """The report's text, and whether every part passed."""
     mode = "dry run (CPU)" if dry_run else "GPU"
     sections = [f"# EFL GPU report: {mode}", "## Environment\n\n" + environment(dry_run)]
     budget_s = DRY_RUN_BUDGET_S if dry_run else BUDGET_S
     deadline = time.monotonic() + budget_s
-    ok = True
+    summary = []
     for part in parts(dry_run):
         left = deadline - time.monotonic()
         if left < MIN_PART_S:
-            sections.append(f"## {part.title}\n\n**SKIPPED**: the {budget_s} s budget is spent\n")
-            ok = False
-            continue
-        section = run_part(part, min(part.budget_s, left))
-        ok &= "**FAILED**" not in section and "**TIMED OUT**" not in section
+            passed, verdict = False, f"**SKIPPED**: the {budget_s} s budget is spent"
+            section = f"## {part.title}\n\n{verdict}"
+        else:
+            passed, verdict, section = run_part(part, min(part.budget_s, left))
+        summary.append((part.title, verdict, passed))
         sections.append(section)
-    return "\n\n".join(s.strip() for s in sections) + "\n", ok
+    sections.insert(2, "## Summary\n\n" + "\n".join(f"- {title}: {verdict}" for title, verdict, _ in summary))
+    return "\n\n".join(s.strip() for s in sections) + "\n", all(passed for _, _, passed in summary)
 
 
 def main() -> int:

@@ -15,6 +15,7 @@ Count what makes a training step wait for the GPU (host syncs), and which line o
     syncs.by_site()  # Counter of (file, function) -> count
 """
 import collections
+import contextlib
 import os
 import sys
 import warnings
@@ -38,9 +39,10 @@ _READS = {
 }
 _INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
 _PYTHON_READS = {torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu}
-_SKIPPED_DIRS = tuple(
-    os.path.dirname(m.__file__) + os.sep for m in (torch, warnings) if getattr(m, "__file__", None)
-) + (os.path.abspath(__file__), "<frozen", os.path.dirname(collections.__file__) + os.sep + "contextlib.py")
+# Frames that are not where a read is asked for: torch itself, this file, the warnings machinery.
+_SKIPPED = (os.path.dirname(torch.__file__) + os.sep, os.path.abspath(__file__), "<frozen") + tuple(
+    os.path.splitext(m.__file__)[0] for m in (warnings, contextlib)
+)
 _SYNC_WARNING = "called a synchronizing CUDA operation"
 BACKWARD = "(backward)"
 
@@ -72,7 +74,7 @@ def _caller(what: str) -> Site:
     if node is not None:  # in backward: the autograd node, whose forward op made it
         return Site(BACKWARD, node.name(), 0, what)
     frame = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED_DIRS):
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
         frame = frame.f_back
     if frame is None:
         return Site("?", "?", 0, what)

@@ -36,10 +36,10 @@ def make_targets(num_images, num_rows, num_classes, num_anchors, device, seed=0)
 
 def level_problem(size, num_anchors, num_classes, device):
     """2 images of size x size: per-level (2, A*C, H, W) logits and their targets."""
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(device=device).manual_seed(1)
     shapes = [(-(-size // s), -(-size // s)) for s in STRIDES]
     levels = [
-        (torch.randn(2, num_anchors * num_classes, h, w, generator=g) - 4.0).to(device) for h, w in shapes
+        torch.randn(2, num_anchors * num_classes, h, w, device=device, generator=g) - 4.0 for h, w in shapes
     ]
     num_rows = sum(h * w for h, w in shapes) * num_anchors
     return levels, make_targets(2, num_rows, num_classes, num_anchors, device)
@@ -47,8 +47,8 @@ def level_problem(size, num_anchors, num_classes, device):
 
 def row_problem(rows, num_classes, device):
     """(R, C) logits as EqualizedFocalLoss.forward reads them: the one-level view (1, C, R, 1)."""
-    g = torch.Generator().manual_seed(2)
-    logits = (torch.randn(rows, num_classes, generator=g) - 4.0).to(device)
+    g = torch.Generator(device=device).manual_seed(2)
+    logits = torch.randn(rows, num_classes, device=device, generator=g) - 4.0
     return [logits.t()[None, :, :, None]], make_targets(1, rows, num_classes, 1, device)
 
 
@@ -73,23 +73,22 @@ def sweep_problem(levels, targets, device, repeat, configs):
 
 
 def sweep_report(device, size, anchors, rows_list, num_classes, repeat, num_configs):
+    """Yields the report's title, then one section per problem as soon as it is measured."""
     configs = CONFIGS[:num_configs]
-    problems = [
-        (f"levels, A = {a}, 2 images of {size} x {size}", *level_problem(size, a, num_classes, device))
-        for a in anchors
-    ] + [(f"rows, R = {r:,}", *row_problem(r, num_classes, device)) for r in rows_list]
-    sections = [
+    yield (
         f"Triton tile shapes: forward (loss) and backward (gradient + statistics) ms, C = {num_classes}, "
         f"{device_name(device)}, torch {torch.__version__}, median of {repeat}"
-    ]
-    for name, levels, targets in problems:
-        num_rows = targets.labels.numel()
+    )
+    problems = [(f"levels, A = {a}, 2 images of {size} x {size}", level_problem, (size, a)) for a in anchors]
+    problems += [(f"rows, R = {r:,}", row_problem, (r,)) for r in rows_list]
+    for name, make, args in problems:
+        levels, targets = make(*args, num_classes, device)
         rows, picks = sweep_problem(levels, targets, device, repeat, configs)
-        sections.append(
-            f"{name} (R = {num_rows:,}); autotune picked: {'; '.join(picks)}\n\n"
+        yield (
+            f"{name} (R = {targets.labels.numel():,}); autotune picked: {'; '.join(picks)}\n\n"
             + markdown_table(rows, ["configuration", "forward ms", "backward ms", "total ms"])
         )
-    return "\n\n".join(sections)
+        del levels, targets
 
 
 def main():
@@ -102,7 +101,9 @@ def main():
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--configs", type=int, default=len(CONFIGS), help="sweep only the first N configurations")
     args = parser.parse_args()
-    print(sweep_report(args.device, args.size, args.anchors, args.rows, args.classes, args.repeat, args.configs))
+    sections = sweep_report(args.device, args.size, args.anchors, args.rows, args.classes, args.repeat, args.configs)
+    for i, section in enumerate(sections):
+        print(("\n" if i else "") + section, flush=True)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ import gpu_report  # noqa: E402
 SCRIPT = REPO / "benchmarks" / "gpu_report.py"
 SECTIONS = [
     "## Environment",
+    "## Summary",
     "## CUDA tests",
     "## Loss: forward + backward + statistics",
-    "## Triton tile shapes",
     "## One training iteration",
+    "## Triton tile shapes",
 ]
 
 
@@ -48,7 +49,8 @@ def test_dry_run_writes_every_part_to_the_file_and_to_stdout(tmp_path):
     assert "| 500 | EFL (ours)" in text and "| 500 | floor" in text  # the loss table
     assert text.count("| configuration") == 2 and "autotune picked: BLOCK_C" in text  # the sweep
     for model in ("EFLRetinaNet", "improved baseline (ImprovedRetinaNet, EFL)"):  # the training step, no sync of ours
-        assert any(line.startswith(f"| {model} ") and "| 0 " in line for line in text.splitlines()), model
+        (row,) = [line for line in text.splitlines() if line.startswith(f"| {model} ")]
+        assert [cell.strip() for cell in row.split("|")[4:7]] == ["0", "11" if model == "EFLRetinaNet" else "2", "0"]
 
 
 def test_a_failing_or_slow_part_is_reported_and_the_others_still_run(monkeypatch):
@@ -63,7 +65,8 @@ def test_a_failing_or_slow_part_is_reported_and_the_others_still_run(monkeypatch
     monkeypatch.setattr(gpu_report, "parts", lambda dry_run: parts)
     text, ok = gpu_report.report(dry_run=False)
     assert not ok
-    fails, works, hangs, late = text.split("\n## ")[2:]
+    summary, fails, works, hangs, late = text.split("\n## ")[2:]
+    assert summary.count("\n- ") == 4 and "Works: passed" in summary and "Late: **SKIPPED**" in summary
     assert "**FAILED** (exit 3)" in fails and "half a table" in fails
     assert "passed" in works and "| a | b |" in works
     assert "**TIMED OUT**" in hangs and "started" in hangs

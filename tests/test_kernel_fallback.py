@@ -190,7 +190,7 @@ def test_the_check_problem_has_the_calls_layout_classes_and_anchors():
         problem, problem_targets = function.check_problem(like, targets)
         assert all(x.shape[:2] == (2, 21) and x.dtype == like.dtype for x in problem)
         assert all((x.stride(1) == 1) == classes_contiguous for x in problem if x[0, 0].numel() > 1)
-        assert problem_targets.labels.shape == (2, (60 + 15 + 1) * 3) and problem_targets.num_anchors == 3
+        assert problem_targets.labels.shape == (2, (32 + 16 + 1) * 3) and problem_targets.num_anchors == 3
         for value in (-1, 3, 7):  # ignored, positive and background anchors
             assert (problem_targets.labels == value).any()
 

@@ -5,6 +5,9 @@ A kernel computes, from per-level dense logits and :class:`DenseTargets`, the lo
 ``grad_output`` * dL/dlogits together with the per-class sums of |dL/dz| over positive and negative cells. The
 sums are taken from the loss's own gradient, before ``grad_output``: loss weights and AMP's loss scale never
 reach them.
+
+"auto" runs, on a device type that AUTO names a kernel for (Triton on CUDA), that kernel inside a
+:class:`CheckedKernel`: checked once against the chunked PyTorch path, which replaces it if it fails.
 """
 import functools
 import logging
@@ -35,7 +38,10 @@ StatisticsSink = Callable[[Tensor, Tensor], None]
 
 
 class DenseKernel(Protocol):
-    """One code path of the loss. ``ctx`` is the autograd context of the call, for what backward needs."""
+    """
+    One code path of the loss. ``ctx`` is the autograd context of the call, for what backward needs: attributes
+    and save_for_backward/saved_tensors, which is all that its stand-in offers outside autograd (run_kernel).
+    """
 
     name: str
 
@@ -124,12 +130,13 @@ def run_kernel(
 def check_problem(like: Tensor, targets: DenseTargets) -> Tuple[List[Tensor], DenseTargets]:
     """
     A small random problem shaped like a real call: the number of classes and anchors of ``targets``, 2 images,
-    3 levels of 6x10, 3x5 and 1x1 positions (partial blocks, a 1x1 level), positive, background and ignored anchors,
-    and the device, dtype and layout (classes contiguous or positions contiguous) of ``like``.
+    3 levels of 4x8, 2x8 and 1x1 positions (partial tiles, a 1x1 level; multiples of 16, like most real levels, so
+    that Triton compiles few other specialisations), positive, background and ignored anchors, and the device,
+    dtype and layout (classes contiguous or positions contiguous) of ``like``.
     """
     num_classes, num_anchors = targets.gamma.numel(), targets.num_anchors
     g = torch.Generator().manual_seed(0)
-    sizes = ((6, 10), (3, 5), (1, 1))
+    sizes = ((4, 8), (2, 8), (1, 1))
     layout = torch.channels_last if like.stride(1) == 1 and like.shape[1] > 1 else torch.contiguous_format
     levels = [
         (torch.randn(2, num_anchors * num_classes, h, w, generator=g) * 4).to(like.device, like.dtype)
