@@ -86,10 +86,14 @@ def _version(module: str) -> str:
 def environment(dry_run: bool) -> str:
     import torch
 
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        commit = commit.stdout.strip()
+    except OSError:  # no git on the machine
+        commit = ""
     lines = [
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-        f"- commit: {git.stdout.strip() or 'unknown (no git here)'}",
+        f"- commit: {commit or 'unknown (no git repository here)'}",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
         f"- torch {torch.__version__} (CUDA {torch.version.cuda}), triton {_version('triton')}, "
         f"detectron2 {_version('detectron2')}",
