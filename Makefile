@@ -2,6 +2,8 @@
 # make demo-improved   the same with the paper's improved baseline: focal loss, EFL and EQFL
 # make test    set up, then run the test suite
 # make install create .venv (PyPI requirements, detectron2, this project in editable mode)
+# make bench-gpu  every GPU check (CUDA tests, loss and training-step benchmarks) in one report: needs a GPU
+# make gpu-bundle .gpu/: detectron2's sources and wheels, for a GPU machine without network (README)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +11,7 @@ PY := $(VENV)/bin/python
 DETECTRON2_ROUTE ?= auto
 export DETECTRON2_ROUTE
 
-.PHONY: install demo demo-improved test clean
+.PHONY: install demo demo-improved test bench-gpu gpu-bundle clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +31,12 @@ demo-improved: install
 
 test: install
 	$(PY) -m pytest -q
+
+bench-gpu: install
+	$(PY) benchmarks/gpu_report.py --output output/gpu_report.md
+
+gpu-bundle: install
+	tools/gpu_bundle.sh .gpu
 
 clean:
 	rm -rf $(VENV) output

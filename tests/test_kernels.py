@@ -3,8 +3,8 @@ The EFL code paths (chunked PyTorch, Triton) against the float64 oracle, on plai
 (R, C) logits and on a dense head's per-level (N, A*C, H, W) outputs.
 
 The Triton kernel runs on CUDA when there is a GPU; without one, test_triton_kernel_in_the_interpreter runs
-this file's Triton cases on the CPU under Triton's interpreter (TRITON_INTERPRET=1), which executes the same
-kernel code, slowly.
+this file's Triton cases, and test_kernel_fallback.py's, on the CPU under Triton's interpreter (TRITON_INTERPRET=1),
+which executes the same kernel code, slowly.
 """
 import os
 import subprocess
@@ -20,6 +20,7 @@ from oracle import reference_efl
 CUDA = torch.cuda.is_available()
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if CUDA else "cpu"
+FALLBACK_TESTS = os.path.join(os.path.dirname(__file__), "test_kernel_fallback.py")
 
 
 def implementations():
@@ -241,10 +242,42 @@ def test_environment_variable_overrides_the_implementation(monkeypatch):
         EqualizedFocalLoss(7, implementation="fastest")
 
 
+@pytest.mark.skipif(not (CUDA or INTERPRETED), reason="needs a GPU (runs in Triton's interpreter via another test)")
+@pytest.mark.parametrize("layout", ["levels", "rows"])
+def test_triton_every_tile_configuration_matches_the_float64_oracle(layout):
+    from efl.losses.targets import DenseTargets
+    from efl.losses.triton_kernel import CONFIGS, efl_grad_triton, efl_loss_triton
+
+    levels, labels = dense_problem(sizes=((4, 5), (1, 1)), seed=16)
+    if layout == "rows":  # forward()'s (R, C) logits: classes contiguous, one level
+        levels = [as_rows(levels, 3, 7).t()[None, :, :, None]]
+        labels = labels.reshape(1, -1)
+    num_anchors = 3 if layout == "levels" else 1
+    pos_neg = torch.rand(7, generator=torch.Generator().manual_seed(17))
+    module = EqualizedFocalLoss(7)
+    module.pos_neg.copy_(pos_neg)
+    gamma = module.focusing_factors()
+    w_pos, w_neg = module._class_weights(gamma / 2.0, 3.0)
+    targets = DenseTargets(labels.to(DEVICE), None, gamma.to(DEVICE), w_pos.to(DEVICE), w_neg.to(DEVICE), num_anchors)
+    levels = [x.to(DEVICE) for x in levels]
+    ref_loss, ref_grad, ref_pos, ref_neg = reference_efl(
+        as_rows([x.cpu() for x in levels], num_anchors, 7), labels.reshape(-1), pos_neg, normalizer=3.0
+    )
+    for config in CONFIGS:
+        loss = efl_loss_triton(levels, targets, config)
+        grads, pos, neg = efl_grad_triton(levels, targets, torch.tensor(1.0, device=DEVICE), config)
+        torch.testing.assert_close(loss.cpu().double(), ref_loss, rtol=1e-5, atol=0, msg=str(config))
+        grad_rows = as_rows([g.cpu() for g in grads], num_anchors, 7).double()
+        torch.testing.assert_close(grad_rows, ref_grad, rtol=1e-5, atol=1e-9, msg=str(config))
+        torch.testing.assert_close(pos.cpu().double(), ref_pos, rtol=1e-5, atol=1e-12, msg=str(config))
+        torch.testing.assert_close(neg.cpu().double(), ref_neg, rtol=1e-5, atol=1e-12, msg=str(config))
+
+
 @pytest.mark.skipif(CUDA or INTERPRETED, reason="the GPU runs the Triton cases directly")
 def test_triton_kernel_in_the_interpreter():
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "triton and not interpreter"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, FALLBACK_TESTS,
+         "-k", "triton and not interpreter"],  # fmt: skip
         env={**os.environ, "TRITON_INTERPRET": "1"},
         capture_output=True,
         text=True,
@@ -281,3 +314,29 @@ def test_cuda_large_problem_and_amp_statistics_do_not_depend_on_the_loss_scale()
         module.forward_dense([x.requires_grad_() for x in small], small_labels, 7.0).backward()
     torch.testing.assert_close(triton.pos_grad, reference.pos_grad, rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(triton.neg_grad, reference.neg_grad, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_autotuned_kernel_matches_the_float64_oracle_at_lvis_scale(dtype):
+    from efl.losses.triton_kernel import _efl_kernel
+
+    _efl_kernel.cache.clear()  # tune again: every configuration runs on these buffers before the kept one
+    num_classes = 1203
+    levels, labels = dense_problem(num_anchors=2, num_classes=num_classes, sizes=((20, 30), (10, 15), (1, 1)), seed=18)
+    levels = [x - 4.0 for x in levels]
+    pos_neg = torch.rand(num_classes, generator=torch.Generator().manual_seed(19))
+    module = EqualizedFocalLoss(num_classes, implementation="triton").cuda().train()
+    module.pos_neg.copy_(pos_neg)
+    loss, grads = run_dense(module, levels, labels, normalizer=50.0, upstream=2.0, dtype=dtype)
+    assert len(_efl_kernel.cache) > 0 and all(g.dtype == dtype for g in grads)
+    rounded = [x.to(dtype).float() for x in levels]
+    ref_loss, ref_grad, ref_pos, ref_neg = reference_efl(
+        as_rows(rounded, 2, num_classes), labels.reshape(-1), pos_neg, normalizer=50.0
+    )
+    grad_rtol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(module.pos_grad.cpu().double(), ref_pos, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(module.neg_grad.cpu().double(), ref_neg, rtol=1e-5, atol=1e-12)
+    grad_rows = as_rows([g.float() for g in grads], 2, num_classes).double()
+    torch.testing.assert_close(grad_rows, 2.0 * ref_grad, rtol=grad_rtol, atol=1e-7)

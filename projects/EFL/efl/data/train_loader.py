@@ -5,7 +5,9 @@ detectron2's training data loader, made resumable and tolerant of the odd unread
   how many images an epoch has (for SOLVER.MAX_EPOCHS);
 - repeat-factor sampling rounds as DATALOADER.REPEAT_ROUNDING says (:class:`RepeatFactorSampler`);
 - an image that cannot be read is skipped with a warning naming it; many consecutive failures stop training with
-  a message, since they mean a wrong image folder rather than a bad file.
+  a message, since they mean a wrong image folder rather than a bad file;
+- every annotation's class is checked against the number of classes, in the loader's workers, so that the loss
+  need not read its labels' range on the GPU every step.
 """
 import itertools
 import logging
@@ -20,7 +22,7 @@ from detectron2.data.build import _train_loader_from_config
 from ..errors import ConfigError
 from .samplers import build_epoch_sampler
 
-__all__ = ["ResumableSampler", "SkipUnreadableImages", "build_resumable_train_loader"]
+__all__ = ["CheckAnnotatedClasses", "ResumableSampler", "SkipUnreadableImages", "build_resumable_train_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +67,36 @@ class SkipUnreadableImages:
         return mapped
 
 
+class CheckAnnotatedClasses:
+    """
+    A dataset mapper that raises ValueError, naming the image, for an annotation whose class is not in
+    [0, num_classes). It runs on the CPU, in the loader's workers: the detectors' losses rely on it instead of
+    reading their labels' range on the GPU every step.
+    """
+
+    def __init__(self, mapper: Callable[[Dict], Optional[Dict]], num_classes: int):
+        self.mapper = mapper
+        self.num_classes = num_classes
+
+    def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
+        mapped = self.mapper(dataset_dict)
+        instances = None if mapped is None else mapped.get("instances")
+        if instances is not None and instances.has("gt_classes") and len(instances):
+            classes = instances.gt_classes
+            if int(classes.min()) < 0 or int(classes.max()) >= self.num_classes:
+                raise ValueError(
+                    f"Training image {dataset_dict.get('file_name')!r} has annotations of classes "
+                    f"{sorted(set(classes.tolist()))}, outside [0, {self.num_classes}): the dataset's category ids "
+                    f"must map to 0..{self.num_classes - 1} (MODEL.RETINANET.NUM_CLASSES is {self.num_classes})"
+                )
+        return mapped
+
+
 def build_resumable_train_loader(cfg: CfgNode) -> Tuple[DataLoader, ResumableSampler]:
-    """detectron2's training loader for ``cfg``, with a :class:`ResumableSampler` and :class:`SkipUnreadableImages`."""
+    """
+    detectron2's training loader for ``cfg``, with a :class:`ResumableSampler`, :class:`SkipUnreadableImages` and
+    :class:`CheckAnnotatedClasses`.
+    """
     # the images detectron2's training loader reads (those without annotations dropped as configured)
     dataset = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN,
@@ -78,5 +108,7 @@ def build_resumable_train_loader(cfg: CfgNode) -> Tuple[DataLoader, ResumableSam
     kwargs = _train_loader_from_config(cfg, DatasetMapper(cfg, True), dataset=dataset, sampler=sampler)
     sampler = ResumableSampler(kwargs.pop("sampler"), epoch_size)
     # A dataset of fewer images than the limit, all unreadable, stops when it has tried each once.
-    kwargs["mapper"] = SkipUnreadableImages(kwargs["mapper"], min(100, len(dataset)))
+    kwargs["mapper"] = CheckAnnotatedClasses(
+        SkipUnreadableImages(kwargs["mapper"], min(100, len(dataset))), cfg.MODEL.RETINANET.NUM_CLASSES
+    )
     return build_detection_train_loader(sampler=sampler, **kwargs), sampler

@@ -40,13 +40,15 @@ class RevertStatisticsOfSkippedSteps(HookBase):
     """
 
     def before_step(self):
-        self._scale = self.trainer.grad_scaler.get_scale()
+        # The scale as a device tensor, compared and acted on on the device: get_scale() would sync twice a step.
+        scale = self.trainer.grad_scaler._get_scale_async()
+        self._scale = self.trainer.grad_scaler.get_scale() if scale is None else scale.clone()  # None: first step
 
     def after_step(self):
-        if self.trainer.grad_scaler.get_scale() < self._scale:
-            for module in self.trainer.model.modules():
-                if isinstance(module, EqualizedFocalLoss):
-                    module.revert_last_update()
+        skipped = self.trainer.grad_scaler._get_scale_async() < self._scale
+        for module in self.trainer.model.modules():
+            if isinstance(module, EqualizedFocalLoss):
+                module.revert_last_update(skipped)
 
 
 class ReportNonFiniteStatistics(HookBase):

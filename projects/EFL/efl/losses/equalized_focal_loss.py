@@ -73,15 +73,21 @@ class EqualizedFocalLoss(nn.Module):
         implementation: str = "auto",
         focusing: bool = True,
         weighting: bool = True,
+        check_labels: bool = True,
     ):
         """
         Args:
             num_classes: C.
             gamma_b, scale, alpha: EFL's gamma_b, s and alpha.
-            implementation: one of IMPLEMENTATIONS; "auto" picks Triton for CUDA tensors and chunked PyTorch
-                otherwise. $EFL_IMPLEMENTATION overrides it.
+            implementation: one of IMPLEMENTATIONS; "auto" picks Triton for CUDA tensors (checked once against
+                chunked PyTorch, which it falls back to should it fail) and chunked PyTorch otherwise.
+                $EFL_IMPLEMENTATION overrides it.
             focusing, weighting: use the per-class focusing factor gamma_j (else gamma_b for every class) and the
                 weighting factor gamma_j / gamma_b (else 1): the paper's ablations switch one of them off.
+            check_labels: raise ValueError for labels outside [-1, C]. Reading their range costs a host sync per
+                call, which stalls a GPU: the detectors of this package turn it off, because their labels come
+                from annotations that the training loader checks. Unchecked, a label above C acts as background
+                and one below -1 as ignored.
         """
         super().__init__()
         if num_classes < 1:
@@ -98,6 +104,7 @@ class EqualizedFocalLoss(nn.Module):
         self.implementation = implementation
         self.focusing = focusing
         self.weighting = weighting
+        self.check_labels = check_labels
         self.step: Optional[int] = None
         self.register_buffer("pos_grad", torch.zeros(num_classes))
         self.register_buffer("neg_grad", torch.zeros(num_classes))
@@ -224,7 +231,7 @@ class EqualizedFocalLoss(nn.Module):
                 raise ValueError(f"normalizer must be a number or a one-element tensor, got {tuple(normalizer.shape)}")
         elif not normalizer > 0:
             raise ValueError(f"normalizer must be > 0, got {normalizer}")
-        if labels.numel():
+        if self.check_labels and labels.numel():
             lo, hi = (int(v) for v in torch.aminmax(labels))
             if lo < -1 or hi > self.num_classes:
                 raise ValueError(
@@ -267,11 +274,16 @@ class EqualizedFocalLoss(nn.Module):
         return bad
 
     @torch.no_grad()
-    def revert_last_update(self) -> None:
-        """Undo the last statistics update exactly, for a training step that was then skipped (AMP overflow)."""
+    def revert_last_update(self, where: Optional[Tensor] = None) -> None:
+        """
+        Undo the last statistics update exactly, for a training step that was then skipped (AMP overflow).
+
+        Args:
+            where: a 0-dim bool tensor: undo it only where it holds, decided on its device (no host sync).
+        """
         if self._previous is not None:
             for buffer, value in zip((self.pos_grad, self.neg_grad, self.pos_neg), self._previous):
-                buffer.copy_(value)
+                buffer.copy_(value if where is None else torch.where(where, value, buffer))
             self._previous = None
 
     @torch.no_grad()
@@ -304,8 +316,9 @@ class EqualizedQualityFocalLoss(EqualizedFocalLoss):
         implementation: str = "auto",
         focusing: bool = True,
         weighting: bool = True,
+        check_labels: bool = True,
     ):
-        super().__init__(num_classes, gamma_b, scale, 0.5, implementation, focusing, weighting)
+        super().__init__(num_classes, gamma_b, scale, 0.5, implementation, focusing, weighting, check_labels)
 
     def extra_repr(self) -> str:
         return super().extra_repr().replace(f"alpha={self.alpha}, ", "")

@@ -42,40 +42,41 @@ def atss_assign(
     num_anchors = len(all_anchors)
     device = all_anchors.tensor.device
     matched = torch.full((num_anchors,), -1, dtype=torch.long, device=device)
-    sides = gt_boxes.tensor[:, 2:] - gt_boxes.tensor[:, :2]  # (G, 2)
-    kept = (sides > min_box_side).all(dim=1).nonzero().squeeze(1)  # (G',) indices into gt_boxes
-    if len(kept) == 0:
+    if len(gt_boxes) == 0:
         return matched, torch.zeros(num_anchors, device=device)
-    box = gt_boxes.tensor[kept]  # (G', 4)
+    box = gt_boxes.tensor  # (G, 4)
+    # A box too small to keep takes part in nothing: it gets no positive below, and so competes for no anchor.
+    # (A mask rather than dropping it, which would cost a GPU a host sync.)
+    kept = (box[:, 2:] - box[:, :2] > min_box_side).all(dim=1)  # (G,)
 
-    ious = pairwise_iou(all_anchors, Boxes(box))  # (R, G')
+    ious = pairwise_iou(all_anchors, gt_boxes)  # (R, G)
     # exact distances (no matrix-product shortcut), so that equidistant anchors tie exactly
     anchor_centers = _centers(all_anchors.tensor)
-    distances = torch.cdist(anchor_centers, _centers(box), compute_mode="donot_use_mm_for_euclid_dist")  # (R, G')
+    distances = torch.cdist(anchor_centers, _centers(box), compute_mode="donot_use_mm_for_euclid_dist")  # (R, G)
     candidates = []
     start = 0
     for level in anchors:
         end = start + len(level)
         k = min(topk, len(level))
-        order = distances[start:end].argsort(dim=0, stable=True)[:k]  # (k, G')
+        order = distances[start:end].argsort(dim=0, stable=True)[:k]  # (k, G)
         candidates.append(order + start)
         start = end
-    candidates = torch.cat(candidates)  # (K, G')
+    candidates = torch.cat(candidates)  # (K, G)
 
     candidate_ious = ious.gather(0, candidates)
     threshold = candidate_ious.mean(dim=0) + candidate_ious.std(dim=0)
     is_positive = candidate_ious >= threshold
 
-    centers = anchor_centers[candidates]  # (K, G', 2)
-    # distances from the centre to the left, top, right and bottom edges: (K, G', 4)
+    centers = anchor_centers[candidates]  # (K, G, 2)
+    # distances from the centre to the left, top, right and bottom edges: (K, G, 4)
     edges = torch.cat([centers - box[:, :2], box[:, 2:] - centers], dim=-1)
-    is_positive &= edges.min(dim=-1).values > center_margin
+    is_positive &= (edges.min(dim=-1).values > center_margin) & kept
 
-    # Keep, for each anchor, the IoU with the boxes it is a positive of; then the best of them.
+    # Keep, for each anchor, the IoU with the boxes it is a positive of; then the best of them. (Masks rather than
+    # boolean-mask indexing, which costs a GPU a host sync; a box's candidates are distinct anchors.)
     positive_ious = torch.full_like(ious, -1.0)
-    gt_index = torch.arange(len(box), device=device).expand_as(candidates)
-    positive_ious[candidates[is_positive], gt_index[is_positive]] = candidate_ious[is_positive]
+    positive_ious.scatter_(0, candidates, torch.where(is_positive, candidate_ious, -1.0))
     best_iou, best_gt = positive_ious.max(dim=1)
     assigned = best_iou >= 0
-    matched[assigned] = kept[best_gt[assigned]]
+    matched = torch.where(assigned, best_gt, matched)
     return matched, torch.where(assigned, best_iou, torch.zeros_like(best_iou))

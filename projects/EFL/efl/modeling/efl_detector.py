@@ -18,24 +18,33 @@ from ..losses import EqualizedFocalLoss, EqualizedQualityFocalLoss
 __all__ = ["CLS_LOSSES", "EFLDetectorMixin", "build_cls_loss", "efl_from_config", "mean_over_processes"]
 
 
+# The labels a detector gives its loss come from annotations that the training loader checks
+# (efl.data.train_loader.CheckAnnotatedClasses): the loss does not read their range again, which would cost a host
+# sync per step.
+
+
 def _efl(cfg, num_classes: int) -> EqualizedFocalLoss:
     e = cfg.MODEL.EFL
     return EqualizedFocalLoss(
-        num_classes, e.GAMMA_B, e.SCALE, e.ALPHA, e.IMPLEMENTATION, e.FOCUSING_FACTOR, e.WEIGHTING_FACTOR
-    )
+        num_classes, e.GAMMA_B, e.SCALE, e.ALPHA, e.IMPLEMENTATION, e.FOCUSING_FACTOR, e.WEIGHTING_FACTOR,
+        check_labels=False,
+    )  # fmt: skip
 
 
 def _eqfl(cfg, num_classes: int) -> EqualizedQualityFocalLoss:
     e = cfg.MODEL.EFL
     return EqualizedQualityFocalLoss(
-        num_classes, e.GAMMA_B, e.SCALE, e.IMPLEMENTATION, e.FOCUSING_FACTOR, e.WEIGHTING_FACTOR
+        num_classes, e.GAMMA_B, e.SCALE, e.IMPLEMENTATION, e.FOCUSING_FACTOR, e.WEIGHTING_FACTOR, check_labels=False
     )
 
 
 def _focal(cfg, num_classes: int) -> EqualizedFocalLoss:
     # EFL with s = 0 is exactly sigmoid focal loss, and keeps the statistics for comparison.
     head = cfg.MODEL.RETINANET
-    return EqualizedFocalLoss(num_classes, head.FOCAL_LOSS_GAMMA, 0.0, head.FOCAL_LOSS_ALPHA, cfg.MODEL.EFL.IMPLEMENTATION)
+    return EqualizedFocalLoss(
+        num_classes, head.FOCAL_LOSS_GAMMA, 0.0, head.FOCAL_LOSS_ALPHA, cfg.MODEL.EFL.IMPLEMENTATION,
+        check_labels=False,
+    )  # fmt: skip
 
 
 # MODEL.EFL.LOSS -> builder(cfg, num_classes). A new variant needs a class in efl.losses and a line here.

@@ -8,7 +8,6 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
-from fvcore.nn import giou_loss
 from torch import Tensor
 
 from detectron2.config import configurable
@@ -25,7 +24,24 @@ from .atss import atss_assign
 from .efl_detector import EFLDetectorMixin, efl_from_config, mean_over_processes
 from .head import IoURetinaNetHead
 
-__all__ = ["ImprovedRetinaNet"]
+__all__ = ["ImprovedRetinaNet", "giou_loss"]
+
+
+def giou_loss(boxes: Tensor, targets: Tensor, eps: float = 1e-7) -> Tensor:
+    """
+    (K,) GIoU loss of (K, 4) XYXY boxes against (K, 4) targets, with the values and gradients of fvcore's
+    giou_loss but without its asserts and boolean-mask indexing, each of which costs a GPU a host sync.
+    """
+    x1, y1, x2, y2 = boxes.unbind(dim=-1)
+    x1g, y1g, x2g, y2g = targets.unbind(dim=-1)
+    xk1, yk1 = torch.max(x1, x1g), torch.max(y1, y1g)
+    xk2, yk2 = torch.min(x2, x2g), torch.min(y2, y2g)
+    overlap = (yk2 > yk1) & (xk2 > xk1)
+    intersection = torch.where(overlap, (xk2 - xk1) * (yk2 - yk1), torch.zeros_like(xk1))
+    union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - intersection
+    iou = intersection / (union + eps)
+    enclosing = (torch.max(x2, x2g) - torch.min(x1, x1g)) * (torch.max(y2, y2g) - torch.min(y1, y1g))
+    return 1 - (iou - (enclosing - union) / (enclosing + eps))
 
 
 @META_ARCH_REGISTRY.register()
@@ -137,17 +153,19 @@ class ImprovedRetinaNet(EFLDetectorMixin, RetinaNet):
         normalizer = self.step_normalizer(num_pos)
         self.log_efl_state(num_pos, num_images)
 
-        all_anchors = Boxes.cat(anchors).tensor.expand(num_images, -1, -1)
-        pred_boxes = self.box2box_transform.apply_deltas(cat(pred_deltas, dim=1)[pos_mask], all_anchors[pos_mask])
-        target_boxes = torch.stack(gt_boxes)[pos_mask]
-        iou_targets = matched_pairwise_iou(Boxes(pred_boxes.detach()), Boxes(target_boxes)).clamp(min=0.0)
+        # The box terms are computed for every anchor and masked, rather than for the positives picked out by
+        # boolean-mask indexing, which costs a GPU a host sync each time: the extra work is elementwise.
+        positive = pos_mask.reshape(-1)
+        all_anchors = Boxes.cat(anchors).tensor.repeat(num_images, 1)
+        pred_boxes = self.box2box_transform.apply_deltas(cat(pred_deltas, dim=1).reshape(-1, 4), all_anchors)
+        target_boxes = torch.stack(gt_boxes).reshape(-1, 4)
+        iou = matched_pairwise_iou(Boxes(pred_boxes.detach()), Boxes(target_boxes)).clamp(min=0.0)
+        iou_targets = torch.where(positive, iou, torch.zeros_like(iou))  # (N*R,), 0 off the positives
 
         # EQFL's positive targets are the IoUs; EFL and focal loss ignore them.
-        quality = torch.zeros_like(gt_labels, dtype=torch.float32)
-        quality[pos_mask] = iou_targets
-        loss_cls = self.cls_loss.forward_dense(pred_logits, gt_labels, normalizer, quality)
+        loss_cls = self.cls_loss.forward_dense(pred_logits, gt_labels, normalizer, iou_targets.view(num_images, -1))
 
-        giou = giou_loss(pred_boxes, target_boxes, reduction="none")
+        giou = torch.where(positive, giou_loss(pred_boxes, target_boxes), torch.zeros_like(iou))
         if self.iou_weighted_box_loss:
             box_normalizer = mean_over_processes(iou_targets.sum()).clamp(min=1e-6)
             loss_box_reg = (giou * iou_targets).sum() / box_normalizer
@@ -155,8 +173,9 @@ class ImprovedRetinaNet(EFLDetectorMixin, RetinaNet):
             loss_box_reg = giou.sum() / normalizer
         losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
         if self.iou_branch:
-            iou_logits = cat(pred_ious, dim=1)[pos_mask].squeeze(-1)
-            losses["loss_iou"] = F.binary_cross_entropy_with_logits(iou_logits, iou_targets, reduction="sum") / normalizer
+            iou_logits = cat(pred_ious, dim=1).reshape(-1)
+            bce = F.binary_cross_entropy_with_logits(iou_logits, iou_targets, reduction="none")
+            losses["loss_iou"] = torch.where(positive, bce, torch.zeros_like(bce)).sum() / normalizer
         return losses
 
     def forward_inference(self, images, features: List[Tensor], predictions: List[List[Tensor]]):
