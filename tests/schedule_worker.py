@@ -6,25 +6,22 @@ every process as the dataset "efl_toy_lvis_train" (its images are never read). U
 Each process writes to OUTPUT_DIR/schedule_rank<r>.json what its Trainer runs by: max_iter, the resolved
 SOLVER.MAX_ITER / STEPS / WARMUP_ITERS, and the learning rate of every iteration as its lr scheduler sets it.
 """
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets.lvis import load_lvis_json
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import launch
 from detectron2.utils import comm
 
-REPO = Path(__file__).resolve().parents[1]
+from dist_worker import REPO, load_train_net
 
 
 def worker(args):
     json_file = os.environ["EFL_TOY_LVIS"]
     DatasetCatalog.register("efl_toy_lvis_train", lambda: load_lvis_json(json_file, os.path.dirname(json_file) + "/"))
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_train_net()
 
     class ReportingTrainer(train_net.Trainer):
         def train(self):
@@ -47,5 +44,5 @@ def worker(args):
 
 if __name__ == "__main__":
     os.chdir(REPO)
-    args = default_argument_parser().parse_args()
+    args = load_train_net().argument_parser().parse_args()
     launch(worker, args.num_gpus, dist_url=args.dist_url, args=(args,))
