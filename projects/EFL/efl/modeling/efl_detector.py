@@ -8,7 +8,6 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import Tensor
 
-from detectron2.config import configurable
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
@@ -81,7 +80,8 @@ class EFLDetectorMixin:
 
     LOG_PERIOD = 20
 
-    @configurable
+    # Not @configurable, which would demand a from_config of every detector: those built from a yacs config make
+    # their own __init__ @configurable (EFLRetinaNet, ImprovedRetinaNet); a LazyConfig-only one (EFLFCOS) has none.
     def __init__(
         self,
         *,

@@ -4,6 +4,7 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
+from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
@@ -21,6 +22,11 @@ class EFLRetinaNet(EFLDetectorMixin, RetinaNet):
     Box regression and anchor labelling are RetinaNet's; its loss normaliser, a moving average of the positive
     count, is kept in the buffer ``loss_normalizer`` and averaged over processes (see :class:`EFLDetectorMixin`).
     """
+
+    @configurable
+    def __init__(self, **kwargs):
+        """Args: those of :class:`EFLDetectorMixin` and :class:`RetinaNet`."""
+        super().__init__(**kwargs)
 
     @classmethod
     def from_config(cls, cfg):
