@@ -5,6 +5,10 @@ Train and evaluate EFL (and focal-loss baseline) detectors with detectron2.
     python train_net.py --config-file configs/LVISv1/retinanet_R_50_FPN_24ep_efl.yaml --num-gpus 8
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS model_final.pth
     python train_net.py --config-file ... --resume
+    python train_net.py --config-file configs/LVISv1/fcos_R_50_FPN_24ep_efl.py --num-gpus 8 train.max_iter=1000
+
+A .py file is a LazyConfig (overrides as key=value), trained by efl.engine.lazy; a .yaml file a yacs config
+(overrides as KEY VALUE), trained by the Trainer below.
 """
 import logging
 import sys
@@ -34,6 +38,7 @@ from efl.engine import (
     FullModelGradientClipping,
     ReportNonFiniteStatistics,
     RevertStatisticsOfSkippedSteps,
+    launch_lazy_config,
 )
 
 
@@ -126,6 +131,8 @@ def main(args, cfg: CfgNode):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
+    if args.config_file.endswith(".py"):  # a LazyConfig: efl.engine.lazy trains and evaluates it
+        sys.exit(launch_lazy_config(args))
     try:
         # Once, before any process starts: bad data paths or settings stop here with a message.
         cfg = build_config(args)

@@ -76,6 +76,8 @@ def test_a_given_loss_and_frequency_groups_are_used():
     assert model.frequency_groups.tolist() == groups
     with pytest.raises(ValueError, match="cls_loss has 80 classes"):
         build(cls_loss=EqualizedFocalLoss(80))
+    default = build(focal_loss_gamma=1.5, focal_loss_alpha=0.5).cls_loss  # FCOS's focal-loss settings carry over
+    assert (default.gamma_b, default.scale, default.alpha) == (1.5, 8.0, 0.5)
 
 
 def test_at_g_1_the_losses_and_normaliser_are_fcos_own():
@@ -173,3 +175,13 @@ def test_inference_on_the_cpu_returns_instances_and_leaves_the_statistics_alone(
     assert instances.pred_classes.max() < NUM_CLASSES
     for name, value in model.cls_loss.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+def test_reset_statistics_returns_to_focal_loss_and_fcos_normaliser_start():
+    model = build()
+    with EventStorage():
+        sum(model(make_inputs(BOXES)).values()).backward()
+    assert model.cls_loss.neg_grad.sum() > 0 and model.loss_normalizer.item() != 300.0
+    model.reset_statistics()
+    assert torch.all(model.cls_loss.pos_grad == 0) and torch.all(model.cls_loss.neg_grad == 0)
+    assert torch.all(model.cls_loss.pos_neg == 1) and model.loss_normalizer.item() == 300.0

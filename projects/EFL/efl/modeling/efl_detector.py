@@ -85,7 +85,7 @@ class EFLDetectorMixin:
     def __init__(
         self,
         *,
-        cls_loss: EqualizedFocalLoss,
+        cls_loss: Optional[EqualizedFocalLoss] = None,
         frequency_groups: Optional[Sequence[int]] = None,
         normalizer_momentum: Optional[float] = None,
         normalizer_start: float = 100.0,
@@ -93,7 +93,9 @@ class EFLDetectorMixin:
     ):
         """
         Args:
-            cls_loss: the classification loss (EqualizedFocalLoss or a variant), which holds the statistics.
+            cls_loss: the classification loss (EqualizedFocalLoss or a variant), which holds the statistics. None
+                builds the paper's EFL (s = 8) with the detector's focal-loss gamma and alpha as gamma_b and alpha
+                (RetinaNet's and FCOS's defaults, 2 and 0.25, are the paper's).
             frequency_groups: optional (C,) LVIS frequency group of each class (0 rare, 1 common, 2 frequent);
                 when given, the mean focusing factor of each group is logged while training.
             normalizer_momentum: None normalises each step by its own positive count; a momentum (detectron2's
@@ -101,6 +103,8 @@ class EFLDetectorMixin:
             kwargs: arguments of the detector.
         """
         super().__init__(**kwargs)
+        if cls_loss is None:
+            cls_loss = EqualizedFocalLoss(self.num_classes, gamma_b=self.focal_loss_gamma, alpha=self.focal_loss_alpha)
         if cls_loss.num_classes != self.num_classes:
             raise ValueError(f"cls_loss has {cls_loss.num_classes} classes, the detector {self.num_classes}")
         self.cls_loss = cls_loss

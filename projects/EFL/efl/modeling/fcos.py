@@ -1,5 +1,5 @@
 """EFLFCOS: detectron2's FCOS with Equalized Focal Loss as its classification loss."""
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +10,6 @@ from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.modeling.meta_arch.fcos import FCOS
 from detectron2.structures import Boxes
 
-from ..losses import EqualizedFocalLoss
 from .efl_detector import EFLDetectorMixin
 
 __all__ = ["EFLFCOS"]
@@ -32,38 +31,19 @@ class EFLFCOS(EFLDetectorMixin, FCOS):
     """
 
     def __init__(
-        self,
-        *,
-        num_classes: int,
-        cls_loss: Optional[EqualizedFocalLoss] = None,
-        frequency_groups: Optional[Sequence[int]] = None,
-        focal_loss_alpha: float = 0.25,
-        focal_loss_gamma: float = 2.0,
-        **kwargs,
+        self, *, normalizer_momentum: Optional[float] = 0.9, normalizer_start: float = FCOS_NORMALIZER_START, **kwargs
     ):
         """
         Args:
-            num_classes: C.
-            cls_loss: the classification loss; None builds the paper's EFL: gamma_b = ``focal_loss_gamma``,
-                alpha = ``focal_loss_alpha`` (FCOS's defaults 2 and 0.25 are the paper's) and s = 8.
-            frequency_groups: optional (C,) LVIS frequency group of each class, for logging the mean gamma_j per
-                group (e.g. ``L(lvis_frequency_groups)(dataset_name="lvis_v1_train", num_classes=1203)``).
-            focal_loss_alpha, focal_loss_gamma: alpha and gamma_b of the default loss; not used when
-                ``cls_loss`` is given (set them on it).
-            kwargs: arguments of :class:`FCOS`.
+            normalizer_momentum, normalizer_start: FCOS's own normaliser by default, a moving average with
+                momentum 0.9 from 300 (see :class:`EFLDetectorMixin`).
+            kwargs: arguments of :class:`EFLDetectorMixin` and :class:`FCOS`. Of the mixin's, ``cls_loss`` is by
+                default the paper's EFL, with FCOS's ``focal_loss_gamma`` and ``focal_loss_alpha`` (2 and 0.25) as
+                gamma_b and alpha; give ``frequency_groups`` (e.g.
+                ``L(lvis_frequency_groups)(dataset_name="lvis_v1_train", num_classes=1203)``) to log the mean
+                gamma_j of each LVIS frequency group.
         """
-        if cls_loss is None:
-            cls_loss = EqualizedFocalLoss(num_classes, gamma_b=focal_loss_gamma, alpha=focal_loss_alpha)
-        super().__init__(
-            num_classes=num_classes,
-            cls_loss=cls_loss,
-            frequency_groups=frequency_groups,
-            normalizer_momentum=0.9,
-            normalizer_start=FCOS_NORMALIZER_START,
-            focal_loss_alpha=focal_loss_alpha,
-            focal_loss_gamma=focal_loss_gamma,
-            **kwargs,
-        )
+        super().__init__(normalizer_momentum=normalizer_momentum, normalizer_start=normalizer_start, **kwargs)
 
     def forward_training(self, images, features, predictions, gt_instances):
         # Box deltas and centerness are transposed to (N, Hi*Wi, K) as FCOS does; the classification logits stay

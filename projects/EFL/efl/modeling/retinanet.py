@@ -1,5 +1,5 @@
 """EFLRetinaNet: detectron2's RetinaNet with Equalized Focal Loss as its classification loss."""
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -24,16 +24,20 @@ class EFLRetinaNet(EFLDetectorMixin, RetinaNet):
     """
 
     @configurable
-    def __init__(self, **kwargs):
-        """Args: those of :class:`EFLDetectorMixin` and :class:`RetinaNet`."""
-        super().__init__(**kwargs)
+    def __init__(self, *, normalizer_momentum: Optional[float] = 0.9, normalizer_start: float = 100.0, **kwargs):
+        """
+        Args:
+            normalizer_momentum, normalizer_start: RetinaNet's own normaliser by default, a moving average with
+                momentum 0.9 from 100 (see :class:`EFLDetectorMixin`).
+            kwargs: arguments of :class:`EFLDetectorMixin` (``cls_loss``: the paper's EFL by default) and
+                :class:`RetinaNet`.
+        """
+        super().__init__(normalizer_momentum=normalizer_momentum, normalizer_start=normalizer_start, **kwargs)
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         ret.update(efl_from_config(cfg, cfg.MODEL.RETINANET.NUM_CLASSES))
-        # RetinaNet's own normaliser: a moving average with momentum 0.9 from 100
-        ret.update(normalizer_momentum=0.9, normalizer_start=100.0)
         return ret
 
     def forward_training(self, images, features, predictions, gt_instances):
