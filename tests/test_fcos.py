@@ -1,5 +1,7 @@
 """EFLFCOS: built by detectron2's own FCOS LazyConfig, FCOS's losses at g = 1, exact attribution, and the end-to-end
 cases of detectron2's FCOS tests (empty images, inference on the CPU)."""
+import copy
+
 import pytest
 import torch
 
@@ -185,3 +187,18 @@ def test_reset_statistics_returns_to_focal_loss_and_fcos_normaliser_start():
     model.reset_statistics()
     assert torch.all(model.cls_loss.pos_grad == 0) and torch.all(model.cls_loss.neg_grad == 0)
     assert torch.all(model.cls_loss.pos_neg == 1) and model.loss_normalizer.item() == 300.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_trained_on_the_gpu_then_evaluated_on_the_cpu():
+    """detectron2's FCOS end-to-end test_eval_tocpu, after a training step on the GPU (Triton kernel)."""
+    model = build().cuda()
+    inputs = make_inputs(BOXES)
+    with EventStorage():
+        losses = model(inputs)
+        sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values()) and (model.cls_loss.pos_grad[[0, 1, 4, 6]] > 0).all()
+    cpu = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad():
+        outputs = cpu([{"image": x["image"]} for x in inputs])
+    assert all(isinstance(o["instances"], Instances) for o in outputs)

@@ -24,8 +24,15 @@ from torch.utils.data import DataLoader
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data.samplers import TrainingSampler
-from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_setup, default_writers, hooks
-from detectron2.engine import launch
+from detectron2.engine import (
+    AMPTrainer,
+    SimpleTrainer,
+    create_ddp_model,
+    default_setup,
+    default_writers,
+    hooks,
+    launch,
+)
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.registry import locate
@@ -42,6 +49,7 @@ __all__ = [
     "launch_lazy_config",
     "load_lazy_config",
     "main",
+    "train",
 ]
 
 logger = logging.getLogger(__name__)
@@ -91,7 +99,8 @@ def build_resumable_lazy_train_loader(loader_cfg: DictConfig) -> Tuple[DataLoade
     kwargs = {key: instantiate(value) for key, value in loader_cfg.items() if key != "_target_"}
     if "dataset" not in kwargs or "mapper" not in kwargs:
         raise ConfigError("dataloader.train must give the dataset and the mapper (see detectron2's configs/common)")
-    sampler = ResumableSampler(kwargs.get("sampler") or TrainingSampler(len(kwargs["dataset"])))
+    sampler = kwargs.get("sampler")
+    sampler = ResumableSampler(TrainingSampler(len(kwargs["dataset"])) if sampler is None else sampler)
     kwargs.update(sampler=sampler, mapper=SkipUnreadableImages(kwargs["mapper"]))
     build = loader_cfg._target_
     return (locate(build) if isinstance(build, str) else build)(**kwargs), sampler
@@ -185,12 +194,15 @@ def launch_lazy_config(args) -> Optional[str]:
     except ConfigError as e:
         return f"train_net.py: error: {e}"
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args, cfg),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args, cfg),
+        )
+    except ConfigError as e:  # found while building (single process: raised here)
+        return f"train_net.py: error: {e}"
     return None
