@@ -5,9 +5,11 @@ Train and evaluate EFL (and focal-loss baseline) detectors with detectron2.
     python train_net.py --config-file configs/LVISv1/retinanet_R_50_FPN_24ep_efl.yaml --num-gpus 8
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS model_final.pth
     python train_net.py --config-file ... --resume
+    python train_net.py --config-file configs/LVISv1/fcos_R_50_FPN_24ep_efl.py --num-gpus 8 train.max_iter=1000
 
-The config is built and checked once, in this process, before any worker process starts; this process (on
-machine 0) holds OUTPUT_DIR's lock until the run ends.
+A .py file is a LazyConfig (overrides as key=value), trained by efl.engine.lazy; a .yaml file a yacs config
+(overrides as KEY VALUE), trained by the Trainer below. The config is built and checked once, in this process,
+before any worker process starts; this process (on machine 0) holds OUTPUT_DIR's lock until the run ends.
 """
 import argparse
 import contextlib
@@ -43,6 +45,7 @@ from efl.engine import (
     ReportNonFiniteStatistics,
     RevertStatisticsOfSkippedSteps,
     launch,
+    launch_lazy_config,
     with_epoch_schedule,
 )
 
@@ -160,6 +163,8 @@ def main(args, cfg: CfgNode):
 
 if __name__ == "__main__":
     args = argument_parser().parse_args()
+    if args.config_file.endswith(".py"):  # a LazyConfig: efl.engine.lazy trains and evaluates it
+        sys.exit(launch_lazy_config(args))
     try:
         # Once, before any process starts: bad settings, data or weights stop here with a message.
         cfg = build_config(args)

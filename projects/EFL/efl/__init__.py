@@ -5,7 +5,8 @@ Equalized Focal Loss for detectron2.
 - With detectron2 installed, importing ``efl`` also registers the detectron2 parts: the meta-architectures
   ``EFLRetinaNet`` and ``ImprovedRetinaNet``, the backbone ``build_retinanet_resnet_fpn_lateral_p6p7_backbone``,
   and the embedded synthetic long-tailed datasets (``efl.modeling``, ``efl.data``, ``efl.engine``,
-  ``efl.evaluation``, ``efl.config``, ``efl.checks``).
+  ``efl.evaluation``, ``efl.config``, ``efl.checks``); it also exports ``EFLFCOS``, the LazyConfig model of FCOS
+  with EFL (not registered: detectron2 has no yacs config for FCOS).
 """
 from .losses import EqualizedFocalLoss, EqualizedQualityFocalLoss, check_efl_hyperparameters
 
@@ -21,11 +22,12 @@ else:
     from .data import lvis_frequency_groups, register_datasets, register_synthetic_lvis
     from .engine import FullModelGradientClipping
     from .evaluation import LVISEvaluator, build_evaluator
-    from .modeling import EFLDetectorMixin, EFLRetinaNet, ImprovedRetinaNet
+    from .modeling import EFLFCOS, EFLDetectorMixin, EFLRetinaNet, ImprovedRetinaNet
 
     __all__ += [
         "ConfigError",
         "EFLDetectorMixin",
+        "EFLFCOS",
         "EFLRetinaNet",
         "FullModelGradientClipping",
         "ImprovedRetinaNet",

@@ -8,7 +8,6 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import Tensor
 
-from detectron2.config import configurable
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
@@ -90,11 +89,12 @@ class EFLDetectorMixin:
 
     LOG_PERIOD = 20
 
-    @configurable
+    # Not @configurable, which would demand a from_config of every detector: those built from a yacs config make
+    # their own __init__ @configurable (EFLRetinaNet, ImprovedRetinaNet); a LazyConfig-only one (EFLFCOS) has none.
     def __init__(
         self,
         *,
-        cls_loss: EqualizedFocalLoss,
+        cls_loss: Optional[EqualizedFocalLoss] = None,
         frequency_groups: Optional[Sequence[int]] = None,
         normalizer_momentum: Optional[float] = None,
         normalizer_start: float = 100.0,
@@ -102,7 +102,9 @@ class EFLDetectorMixin:
     ):
         """
         Args:
-            cls_loss: the classification loss (EqualizedFocalLoss or a variant), which holds the statistics.
+            cls_loss: the classification loss (EqualizedFocalLoss or a variant), which holds the statistics. None
+                builds the paper's EFL (s = 8) with the detector's focal-loss gamma and alpha as gamma_b and alpha
+                (RetinaNet's and FCOS's defaults, 2 and 0.25, are the paper's).
             frequency_groups: optional (C,) LVIS frequency group of each class (0 rare, 1 common, 2 frequent);
                 when given, the mean focusing factor of each group is logged while training.
             normalizer_momentum: None normalises each step by its own positive count; a momentum (detectron2's
@@ -110,6 +112,8 @@ class EFLDetectorMixin:
             kwargs: arguments of the detector.
         """
         super().__init__(**kwargs)
+        if cls_loss is None:
+            cls_loss = EqualizedFocalLoss(self.num_classes, gamma_b=self.focal_loss_gamma, alpha=self.focal_loss_alpha)
         if cls_loss.num_classes != self.num_classes:
             raise ValueError(f"cls_loss has {cls_loss.num_classes} classes, the detector {self.num_classes}")
         self.cls_loss = cls_loss

@@ -1,9 +1,10 @@
 """EFLRetinaNet: detectron2's RetinaNet with Equalized Focal Loss as its classification loss."""
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
 
+from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
@@ -22,12 +23,21 @@ class EFLRetinaNet(EFLDetectorMixin, RetinaNet):
     count, is kept in the buffer ``loss_normalizer`` and averaged over processes (see :class:`EFLDetectorMixin`).
     """
 
+    @configurable
+    def __init__(self, *, normalizer_momentum: Optional[float] = 0.9, normalizer_start: float = 100.0, **kwargs):
+        """
+        Args:
+            normalizer_momentum, normalizer_start: RetinaNet's own normaliser by default, a moving average with
+                momentum 0.9 from 100 (see :class:`EFLDetectorMixin`).
+            kwargs: arguments of :class:`EFLDetectorMixin` (``cls_loss``: the paper's EFL by default) and
+                :class:`RetinaNet`.
+        """
+        super().__init__(normalizer_momentum=normalizer_momentum, normalizer_start=normalizer_start, **kwargs)
+
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         ret.update(efl_from_config(cfg, cfg.MODEL.RETINANET.NUM_CLASSES))
-        # RetinaNet's own normaliser: a moving average with momentum 0.9 from 100
-        ret.update(normalizer_momentum=0.9, normalizer_start=100.0)
         return ret
 
     def forward_training(self, images, features, predictions, gt_instances):
