@@ -37,7 +37,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.registry import locate
 
-from ..checks import ConfigError
+from ..errors import ConfigError
 from ..data.train_loader import ResumableSampler, SkipUnreadableImages
 from .checkpoint import EFLCheckpointer
 from .hooks import FullModelGradientClipping, ReportNonFiniteStatistics, RevertStatisticsOfSkippedSteps
