@@ -116,7 +116,7 @@ def test_the_training_loader_refuses_an_annotation_of_an_unknown_class_naming_th
 def test_giou_loss_has_fvcores_values_and_gradients():
     from fvcore.nn import giou_loss as fvcore_giou_loss
 
-    from efl.modeling.improved_baseline import giou_loss
+    from efl.modeling.giou import giou_loss
 
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(200, 2, generator=g) * 50

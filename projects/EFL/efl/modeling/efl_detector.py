@@ -3,7 +3,7 @@ The EFL part of a dense detector, in one place for every detector that uses it (
 EFLFCOS): the classification loss with its statistics, the loss normaliser, and what is logged about them.
 """
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -123,6 +123,24 @@ class EFLDetectorMixin:
         self._normalizer_start = float(normalizer_start)
         if normalizer_momentum is not None:
             self.register_buffer("loss_normalizer", torch.tensor(self._normalizer_start, dtype=torch.float64))
+
+    def efl_step(self, gt_labels: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """
+        What every detector's ``losses`` starts with: the batch's labels, its positives and its normaliser (and, as a
+        side effect, this step's name in the loss's reports and the periodic logging).
+
+        Args:
+            gt_labels: per-image (R,) labels in {-1 ignore, 0..C-1, C background}.
+
+        Returns:
+            (N, R) labels, (N, R) bool mask of the positive anchors, 0-dim normaliser (:meth:`step_normalizer`).
+        """
+        labels = torch.stack(gt_labels)
+        pos_mask = (labels >= 0) & (labels != self.num_classes)
+        num_pos = pos_mask.sum()
+        normalizer = self.step_normalizer(num_pos)
+        self.log_efl_state(num_pos, len(labels))
+        return labels, pos_mask, normalizer
 
     def step_normalizer(self, num_pos: Tensor) -> Tensor:
         """

@@ -79,11 +79,7 @@ class EFLFCOS(EFLDetectorMixin, FCOS):
         # count and keeps its normaliser in a Python float. The two other terms are therefore assembled here from
         # the pieces FCOS itself uses (_dense_box_regression_loss with GIoU, compute_ctrness_targets, BCE over the
         # positives); the tests check all three against FCOS.losses at g = 1, where EFL is focal loss.
-        gt_labels = torch.stack(gt_labels)  # (N, R)
-        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
-        num_pos = pos_mask.sum()
-        normalizer = self.step_normalizer(num_pos)
-        self.log_efl_state(num_pos, len(gt_labels))
+        gt_labels, pos_mask, normalizer = self.efl_step(gt_labels)  # (N, R), (N, R), 0-dim
 
         loss_cls = self.cls_loss.forward_dense(pred_logits, gt_labels, normalizer)
         loss_loc = _dense_box_regression_loss(

@@ -22,26 +22,10 @@ from detectron2.structures.boxes import matched_pairwise_iou
 
 from .atss import atss_assign
 from .efl_detector import EFLDetectorMixin, efl_from_config, mean_over_processes
+from .giou import giou_loss
 from .head import IoURetinaNetHead
 
-__all__ = ["ImprovedRetinaNet", "giou_loss"]
-
-
-def giou_loss(boxes: Tensor, targets: Tensor, eps: float = 1e-7) -> Tensor:
-    """
-    (K,) GIoU loss of (K, 4) XYXY boxes against (K, 4) targets, with the values and gradients of fvcore's
-    giou_loss but without its asserts and boolean-mask indexing, each of which costs a GPU a host sync.
-    """
-    x1, y1, x2, y2 = boxes.unbind(dim=-1)
-    x1g, y1g, x2g, y2g = targets.unbind(dim=-1)
-    xk1, yk1 = torch.max(x1, x1g), torch.max(y1, y1g)
-    xk2, yk2 = torch.min(x2, x2g), torch.min(y2, y2g)
-    overlap = (yk2 > yk1) & (xk2 > xk1)
-    intersection = torch.where(overlap, (xk2 - xk1) * (yk2 - yk1), torch.zeros_like(xk1))
-    union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - intersection
-    iou = intersection / (union + eps)
-    enclosing = (torch.max(x2, x2g) - torch.min(x1, x1g)) * (torch.max(y2, y2g) - torch.min(y1, y1g))
-    return 1 - (iou - (enclosing - union) / (enclosing + eps))
+__all__ = ["ImprovedRetinaNet"]
 
 
 @META_ARCH_REGISTRY.register()
@@ -147,11 +131,7 @@ class ImprovedRetinaNet(EFLDetectorMixin, RetinaNet):
             anchors, gt_labels, gt_boxes: as in :meth:`RetinaNet.losses`.
         """
         num_images = len(gt_labels)
-        gt_labels = torch.stack(gt_labels)  # (N, R)
-        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
-        num_pos = pos_mask.sum()
-        normalizer = self.step_normalizer(num_pos)
-        self.log_efl_state(num_pos, num_images)
+        gt_labels, pos_mask, normalizer = self.efl_step(gt_labels)  # (N, R), (N, R), 0-dim
 
         # The box terms are computed for every anchor and masked, rather than for the positives picked out by
         # boolean-mask indexing, which costs a GPU a host sync each time: the extra work is elementwise.

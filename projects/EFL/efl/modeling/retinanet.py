@@ -68,11 +68,7 @@ class EFLRetinaNet(EFLDetectorMixin, RetinaNet):
         Returns:
             dict with "loss_cls" (EFL) and "loss_box_reg" (RetinaNet's), both divided by the normaliser.
         """
-        gt_labels = torch.stack(gt_labels)  # (N, R)
-        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
-        num_pos = pos_mask.sum()
-        normalizer = self.step_normalizer(num_pos)
-        self.log_efl_state(num_pos, len(gt_labels))
+        gt_labels, pos_mask, normalizer = self.efl_step(gt_labels)  # (N, R), (N, R), 0-dim
 
         loss_cls = self.cls_loss.forward_dense(pred_logits, gt_labels, normalizer)
         loss_box_reg = _dense_box_regression_loss(
