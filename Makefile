@@ -3,6 +3,8 @@
 # make experiment   make demo's comparison over 3 seeds: mean +- std of every metric and of EFL - focal loss
 # make test    set up, then run the test suite
 # make install create .venv (PyPI requirements, detectron2, this project in editable mode)
+# make bench-gpu  every GPU check (CUDA tests, loss and training-step benchmarks) in one report: needs a GPU
+# make gpu-bundle .gpu/: detectron2's sources and wheels, for a GPU machine without network (README)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +12,7 @@ PY := $(VENV)/bin/python
 DETECTRON2_ROUTE ?= auto
 export DETECTRON2_ROUTE
 
-.PHONY: install demo demo-improved experiment test clean
+.PHONY: install demo demo-improved experiment test bench-gpu gpu-bundle clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +35,12 @@ experiment: install
 
 test: install
 	$(PY) -m pytest -q
+
+bench-gpu: install
+	$(PY) benchmarks/gpu_report.py --output output/gpu_report.md
+
+gpu-bundle: install
+	tools/gpu_bundle.sh .gpu
 
 clean:
 	rm -rf $(VENV) output

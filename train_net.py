@@ -5,12 +5,19 @@ Train and evaluate EFL (and focal-loss baseline) detectors with detectron2.
     python train_net.py --config-file configs/LVISv1/retinanet_R_50_FPN_24ep_efl.yaml --num-gpus 8
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS model_final.pth
     python train_net.py --config-file ... --resume
+    python train_net.py --config-file configs/LVISv1/fcos_R_50_FPN_24ep_efl.py --num-gpus 8 train.max_iter=1000
+
+A .py file is a LazyConfig (overrides as key=value), trained by efl.engine.lazy; a .yaml file a yacs config
+(overrides as KEY VALUE), trained by the Trainer below. The config is built and checked once, in this process,
+before any worker process starts; this process (on machine 0) holds OUTPUT_DIR's lock until the run ends.
 """
+import argparse
+import contextlib
 import logging
 import sys
 import weakref
 
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -19,28 +26,41 @@ from detectron2.engine import (
     create_ddp_model,
     default_argument_parser,
     default_setup,
-    launch,
 )
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from efl import ConfigError, add_efl_config, build_evaluator, check_config
-from efl.checkpoint import EFLCheckpointer
+from efl import ConfigError, build_evaluator, check_config
+from efl.checks import naming_malformed_dataset_files
+from efl.config import load_config
+from efl.data import register_datasets
 from efl.data.train_loader import build_resumable_train_loader
 from efl.data.transforms import build_test_loader
-from efl.hooks import FULL_MODEL, FullModelGradientClipping, RevertStatisticsOfSkippedSteps
+from efl.engine import (
+    FULL_MODEL,
+    EFLCheckpointer,
+    FullModelGradientClipping,
+    OutputDirLock,
+    ReportNonFiniteStatistics,
+    RevertStatisticsOfSkippedSteps,
+    launch,
+    launch_lazy_config,
+    with_epoch_schedule,
+)
 
 
 class Trainer(DefaultTrainer):
-    def __init__(self, cfg):
-        # DefaultTrainer.__init__, with four differences:
+    def __init__(self, cfg, trust_pickle: bool = False):
+        # DefaultTrainer.__init__, with five differences:
         # - DistributedDataParallel gets device_ids only on GPUs (DDP refuses them for a model on the CPU, which is
         #   how CPU/gloo training runs);
         # - the training sampler is resumable (see resume_or_load) and skips unreadable images;
+        # - a schedule in epochs (SOLVER.MAX_EPOCHS) is resolved into iterations from the training set's size;
         # - the step-running trainer gets the hooks that must run between backward and the optimizer step:
         #   SOLVER.CLIP_GRADIENTS of type "full_model", and under AMP the undoing of EFL statistics of skipped steps;
-        # - checkpoints are written atomically (EFLCheckpointer).
+        # - the checkpointer (EFLCheckpointer) writes atomically, reads safely (``trust_pickle``: MODEL.WEIGHTS may run
+        #   code), loads weights only when they fit (MODEL.ALLOW_PARTIAL_WEIGHTS) and resumes from a readable file.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -48,6 +68,8 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader, self._train_sampler = build_resumable_train_loader(cfg)
+        # SOLVER.MAX_EPOCHS: MAX_ITER, STEPS and WARMUP_ITERS from the data, for everything built below
+        cfg = with_epoch_schedule(cfg, self._train_sampler.epoch_size)
         on_gpu = next(model.parameters()).device.type == "cuda"
         model = create_ddp_model(
             model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_gpu else None
@@ -60,16 +82,28 @@ class Trainer(DefaultTrainer):
         if cfg.SOLVER.AMP.ENABLED:
             self._trainer.register_hooks([RevertStatisticsOfSkippedSteps()])
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = EFLCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = EFLCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS,
+            trust_pickle=trust_pickle,
+            trainer=weakref.proxy(self),
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        self.register_hooks(self.build_hooks() + [ReportNonFiniteStatistics()])
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume)
         # Continue the sampler's index stream where the checkpoint left it (stock detectron2 restarts it).
         self._train_sampler.skip = self.start_iter * (self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+        resumed = resume and self.checkpointer.has_checkpoint()
+        if self.cfg.MODEL.EFL.RESET_STATISTICS and not resumed:
+            getattr(self.model, "module", self.model).reset_statistics()
+            logging.getLogger(__name__).info(
+                "MODEL.EFL.RESET_STATISTICS: the EFL statistics start afresh (g = 1) after loading MODEL.WEIGHTS"
+            )
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -88,55 +122,70 @@ class Trainer(DefaultTrainer):
         return build_evaluator(cfg, dataset_name, output_folder)
 
 
-def build_config(args):
-    cfg = get_cfg()
-    add_efl_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+def argument_parser() -> argparse.ArgumentParser:
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load MODEL.WEIGHTS even when it holds objects other than weights, whose unpickling runs code from "
+        "the file: only for files whose origin you trust",
+    )
+    return parser
+
+
+def build_config(args) -> CfgNode:
+    """The config of ``args``, with the datasets of its DATASETS.REGISTER registered (in this process)."""
+    cfg = load_config(args.config_file, args.opts)
+    register_datasets(cfg.DATASETS.REGISTER)
     return cfg
 
 
-def setup(args):
-    cfg = build_config(args)
+def main(args, cfg: CfgNode):
+    """One process's work; ``cfg`` was built and checked once, before the processes started."""
+    register_datasets(cfg.DATASETS.REGISTER)  # launch's worker processes start afresh
     default_setup(cfg, args)
-    return cfg
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="efl")  # our modules' messages too
+    with naming_malformed_dataset_files(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)):
+        if args.eval_only:
+            model = Trainer.build_model(cfg)
+            EFLCheckpointer(
+                model, cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS, trust_pickle=args.trust_pickle
+            ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+            res = Trainer.test(cfg, model)
+            if comm.is_main_process():
+                verify_results(cfg, res)
+            return res
 
-
-def main(args):
-    cfg = setup(args)
-    check_config(cfg, eval_only=args.eval_only)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        EFLCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        res = Trainer.test(cfg, model)
-        if comm.is_main_process():
-            verify_results(cfg, res)
-        return res
-
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+        trainer = Trainer(cfg, trust_pickle=args.trust_pickle)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
+    if args.config_file.endswith(".py"):  # a LazyConfig: efl.engine.lazy trains and evaluates it
+        sys.exit(launch_lazy_config(args))
     try:
-        # Once, before any process starts: bad data paths or settings stop here with a message.
-        check_config(build_config(args), eval_only=args.eval_only)
-    except ConfigError as e:
-        sys.exit(f"train_net.py: error: {e}")
-    print("Command Line Args:", args)
-    try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
+        # Once, before any process starts: bad settings, data or weights stop here with a message.
+        cfg = build_config(args)
+        num_processes = args.num_gpus * args.num_machines
+        check_config(
+            cfg,
+            eval_only=args.eval_only,
+            resume=args.resume,
+            num_processes=num_processes,
+            trust_pickle=args.trust_pickle,
         )
-    except ConfigError as e:  # found while building, e.g. an empty dataset (single process: raised here)
+        # One run per OUTPUT_DIR, held by this process, which outlives the workers (machine 0 writes the outputs).
+        with OutputDirLock(cfg.OUTPUT_DIR) if args.machine_rank == 0 else contextlib.nullcontext():
+            print("Command Line Args:", args)
+            launch(
+                main,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args, cfg),
+            )
+    except ConfigError as e:  # also one found inside a worker process, e.g. an unreadable checkpoint
         sys.exit(f"train_net.py: error: {e}")

@@ -16,18 +16,14 @@ peak resident size, each case measured in a fresh process.
 """
 import argparse
 import json
-import resource
-import statistics
-import subprocess
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from fvcore.nn import sigmoid_focal_loss_jit
-from tabulate import tabulate
 
 from efl import EqualizedFocalLoss
+from efl.losses.function import resolve_kernel
+from measure import device_name, markdown_table, peak_rss_bytes, rss_bytes, run_child, time_ms
 
 IMPLEMENTATIONS = ("focal", "EFL term by term", "EFL (ours)", "floor")
 
@@ -87,28 +83,6 @@ def make_step(name, logits, labels):
     return lambda: out.copy_(logits)
 
 
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_ms(step, device, repeat):
-    step()  # warm-up: compilation, allocator
-    times = []
-    for _ in range(repeat):
-        sync(device)
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
 def measure(name, rows, classes, device, repeat):
     logits, labels = make_inputs(rows, classes, device)
     step = make_step(name, logits, labels)
@@ -124,36 +98,32 @@ def measure(name, rows, classes, device, repeat):
     else:
         before = rss_bytes()
         step()
-        extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        extra = peak_rss_bytes() - before
     logits.grad = None
     ms = time_ms(step, device, repeat)
-    return {"ms": ms, "extra_gb": extra / 1e9, "logits_gb": logits.numel() * logits.element_size() / 1e9}
+    result = {"ms": ms, "extra_gb": extra / 1e9, "logits_gb": logits.numel() * logits.element_size() / 1e9}
+    if name == "EFL (ours)":
+        kernel = resolve_kernel("auto", torch.device(device))
+        failure = getattr(kernel, "failure", None)  # "auto" gave up its kernel (CheckedKernel)
+        result["kernel"] = kernel.name if failure is None else f"torch, as {kernel.name} {failure}"
+    return result
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--rows", type=int, nargs="+", default=[20000])
-    parser.add_argument("--classes", type=int, default=1203)
-    parser.add_argument("--repeat", type=int, default=None, help="timed runs (default: 5 on CPU, 20 on CUDA)")
-    parser.add_argument("--child", nargs=2, metavar=("IMPLEMENTATION", "ROWS"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    repeat = args.repeat or (5 if args.device == "cpu" else 20)
-    if args.child:
-        print(json.dumps(measure(args.child[0], int(args.child[1]), args.classes, args.device, repeat)))
-        return
-
-    table = []
-    for rows in args.rows:
+def loss_report(device, rows_list, classes, repeat, same_process=False):
+    """
+    The Markdown table of every implementation at every R, each measured in a fresh process (or, quicker, all in
+    this one, where the peak memory of a case then includes the earlier cases').
+    """
+    table, kernels = [], set()
+    for rows in rows_list:
         results = {}
         for name in IMPLEMENTATIONS:
-            # A fresh process per case: peak memory is per process on the CPU, and no case warms another.
-            child = subprocess.run(
-                [sys.executable, __file__, "--device", args.device, "--classes", str(args.classes),
-                 "--repeat", str(repeat), "--child", name, str(rows)],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            results[name] = json.loads(child.stdout.strip().splitlines()[-1])
+            if same_process:
+                results[name] = measure(name, rows, classes, device, repeat)
+            else:
+                argv = [__file__, "--device", device, "--classes", str(classes), "--repeat", str(repeat)]
+                results[name] = run_child(argv + ["--child", name, str(rows)])
+            kernels.add(results[name].get("kernel"))
         for name in IMPLEMENTATIONS:
             r = results[name]
             table.append(
@@ -167,15 +137,29 @@ def main():
                     f"{r['ms'] / results['floor']['ms']:.1f}",
                 ]
             )
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"classification loss fwd+bwd, C = {args.classes}, {device}, torch {torch.__version__}, median of {repeat}")
-    print(
-        tabulate(
-            table,
-            headers=["R", "implementation", "ms", "extra peak GB", "x logits", "x focal", "x floor"],
-            tablefmt="github",
-        )
+    title = (
+        f"classification loss fwd+bwd, C = {classes}, {device_name(device)}, torch {torch.__version__}, "
+        f"median of {repeat}"
     )
+    headers = ["R", "implementation", "ms", "extra peak GB", "x logits", "x focal", "x floor"]
+    kernels.discard(None)
+    return f"{title}; EFL (ours) ran on: {', '.join(sorted(kernels))}\n\n" + markdown_table(table, headers)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--rows", type=int, nargs="+", default=[20000])
+    parser.add_argument("--classes", type=int, default=1203)
+    parser.add_argument("--repeat", type=int, default=None, help="timed runs (default: 5 on CPU, 20 on CUDA)")
+    parser.add_argument("--same-process", action="store_true", help="measure every case in this process (quick)")
+    parser.add_argument("--child", nargs=2, metavar=("IMPLEMENTATION", "ROWS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    repeat = args.repeat or (5 if args.device == "cpu" else 20)
+    if args.child:
+        print(json.dumps(measure(args.child[0], int(args.child[1]), args.classes, args.device, repeat)))
+        return
+    print(loss_report(args.device, args.rows, args.classes, repeat, args.same_process))
 
 
 if __name__ == "__main__":

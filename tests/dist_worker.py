@@ -15,10 +15,17 @@ from pathlib import Path
 
 import torch
 
-from detectron2.engine import HookBase, default_argument_parser, launch
+from detectron2.engine import HookBase, launch
 from detectron2.utils import comm
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_train_net():
+    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    return train_net
 
 
 class CheckStatistics(HookBase):
@@ -78,21 +85,19 @@ class CheckStatistics(HookBase):
 
 
 def worker(args):
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_train_net()
 
     class CheckedTrainer(train_net.Trainer):
         def build_hooks(self):
             return super().build_hooks() + [CheckStatistics()]
 
     train_net.Trainer = CheckedTrainer
-    train_net.main(args)
+    train_net.main(args, train_net.build_config(args))
 
 
 if __name__ == "__main__":
     os.chdir(REPO)
-    args = default_argument_parser().parse_args()
+    args = load_train_net().argument_parser().parse_args()
     launch(
         worker,
         args.num_gpus,

@@ -63,7 +63,7 @@ def test_many_unreadable_images_in_a_row_stop_training(tmp_path):
     missing = dict(record, file_name=str(tmp_path / "nowhere.jpg"))
     mapper(missing)
     mapper(missing)
-    with pytest.raises(RuntimeError, match="3 images in a row could not be read.*image folder"):
+    with pytest.raises(ConfigError, match="3 images in a row could not be read.*image folder"):
         mapper(missing)
 
 

@@ -9,7 +9,7 @@ from detectron2.utils.events import EventStorage
 
 from conftest import REPO, SMALL_OPTS, small_cfg
 from efl import EqualizedFocalLoss, EqualizedQualityFocalLoss, FullModelGradientClipping, ImprovedRetinaNet
-from efl.atss import atss_assign
+from efl.modeling import atss_assign
 from test_retinanet import make_inputs
 
 IMPROVED_CONFIG = REPO / "configs" / "Synthetic" / "improved_R_18_demo_efl.yaml"
@@ -87,7 +87,7 @@ def giou_loss_reference(a, b):
 
 @pytest.mark.parametrize("cls_loss,expected_type,scale", [("focal", EqualizedFocalLoss, 0.0), ("efl", EqualizedFocalLoss, 8.0), ("eqfl", EqualizedQualityFocalLoss, 8.0)])
 def test_classification_loss_is_selected_by_config(cls_loss, expected_type, scale):
-    model = build("MODEL.IMPROVED_BASELINE.CLS_LOSS", cls_loss)
+    model = build("MODEL.EFL.LOSS", cls_loss)
     assert type(model.cls_loss) is expected_type and model.cls_loss.scale == scale
     with EventStorage():
         losses = model(make_inputs([([[10, 10, 40, 50]], [1])]))
@@ -98,16 +98,16 @@ def test_classification_loss_is_selected_by_config(cls_loss, expected_type, scal
 def test_eqfl_pushes_positives_toward_their_iou_target():
     # All class logits start at 0 (p = 0.5). A positive cell whose IoU target is above 0.5 is pushed up
     # (negative gradient), one below 0.5 down; negatives are always pushed down.
-    model = build("MODEL.IMPROVED_BASELINE.CLS_LOSS", "eqfl")
+    model = build("MODEL.EFL.LOSS", "eqfl")
     constant_head(model, cls_bias=0.0, iou_bias=0.0)
     quality = {}
     forward_dense = model.cls_loss.forward_dense
 
-    def keep_quality(levels, labels, q, normalizer):
+    def keep_quality(levels, labels, normalizer, q):
         for x in levels:
             x.retain_grad()
         quality.update(levels=levels, labels=labels, q=q)
-        return forward_dense(levels, labels, q, normalizer)
+        return forward_dense(levels, labels, normalizer, q)
 
     model.cls_loss.forward_dense = keep_quality
     with EventStorage():

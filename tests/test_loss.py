@@ -4,7 +4,7 @@ import torch
 from fvcore.nn import sigmoid_focal_loss
 
 from efl import EqualizedFocalLoss
-from efl.kernels import torch_efl
+from efl.losses import torch_kernel
 from oracle import reference_efl
 
 
@@ -154,7 +154,7 @@ def test_rows_split_over_chunks_give_the_same_result(monkeypatch):
     logits, labels = random_problem(num_rows=1000, seed=5)
     whole = EqualizedFocalLoss(7).train()
     loss, grad = run(whole, logits, labels)
-    monkeypatch.setattr(torch_efl, "CHUNK_CELLS", 7 * 33)
+    monkeypatch.setattr(torch_kernel, "CHUNK_CELLS", 7 * 33)
     chunked = EqualizedFocalLoss(7).train()
     chunked_loss, chunked_grad = run(chunked, logits, labels)
     torch.testing.assert_close(chunked_loss, loss)

@@ -7,7 +7,7 @@ from detectron2.utils.events import EventStorage
 
 from conftest import small_cfg
 from efl import EqualizedFocalLoss
-from efl.hooks import RevertStatisticsOfSkippedSteps
+from efl.engine import RevertStatisticsOfSkippedSteps
 from test_retinanet import make_inputs
 
 INPUTS = [([[10, 10, 40, 50], [50, 20, 90, 60]], [1, 4]), ([[20, 20, 80, 80]], [6])]
@@ -88,12 +88,28 @@ def test_non_finite_logits_add_nothing_and_name_the_iteration(bad, caplog):
     run(logits.clone())
     before = {k: v.clone() for k, v in module.state_dict().items()}
     logits[1, 2] = bad
-    with EventStorage(start_iter=7), caplog.at_level("WARNING"):
+    module.step = 7
+    with caplog.at_level("WARNING"):
         run(logits.clone())
+        assert not caplog.records  # reported later, without a host sync in the step
+        assert module.report_nonfinite_steps() == [7]
     for key, value in before.items():
         assert torch.equal(module.state_dict()[key], value), key
         assert torch.isfinite(module.state_dict()[key]).all()
-    assert any("iteration 7" in r.getMessage() and "adds nothing" in r.getMessage() for r in caplog.records)
+    assert any("iteration 7" in r.getMessage() and "add nothing" in r.getMessage() for r in caplog.records)
+
+
+def test_non_finite_steps_are_reported_every_report_period_updates(caplog):
+    module = EqualizedFocalLoss(3).train()
+    with caplog.at_level("WARNING"):
+        for step in range(module.REPORT_PERIOD):
+            logits = torch.randn(4, 3)
+            if step in (2, 5):
+                logits[0, 0] = float("nan")
+            module(logits.requires_grad_(), torch.tensor([0, 1, 3, 2])).backward()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "iteration 2, 5;" in messages[0]
+    assert module.report_nonfinite_steps() == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -1,35 +1,91 @@
-"""Interrupt and --resume gives the run an uninterrupted one would have; checkpoints are written safely."""
+"""
+SIGKILL and --resume give the run an uninterrupted one would have, with 1 and 2 processes; checkpoints are written
+safely, and resuming passes over a checkpoint that cannot be read.
+"""
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from conftest import DEMO_CONFIG, SMALL_OPTS, small_cfg
-from efl.checkpoint import EFLCheckpointer
-from test_train_net import train_net
+from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, small_cfg
+from efl import ConfigError
+from efl.engine import EFLCheckpointer
+from test_train_net import assert_stops_with
 
 # Deterministic on the CPU: constant learning rate (no schedule that depends on MAX_ITER), no random flip (the
-# augmentation's random state is not part of a checkpoint), no evaluation.
+# augmentation's random state is not part of a checkpoint), no evaluation. A checkpoint every 2 iterations.
 DETERMINISTIC = [
     "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.STEPS", "(1000,)", "SOLVER.WARMUP_ITERS", "0",
-    "INPUT.RANDOM_FLIP", "none", "SOLVER.CHECKPOINT_PERIOD", "1000", "DATASETS.TEST", "()",
+    "INPUT.RANDOM_FLIP", "none", "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "6",
 ]  # fmt: skip
+SAMPLERS = {
+    "TrainingSampler": [],
+    # the test set's rarest classes repeat (threshold 0.1 of 120 images: classes in fewer than 12)
+    "RepeatFactorTrainingSampler": ["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "0.1"],
+    # the official rounding: with threshold 0.3 the test set's 120 images enlarge to 189 (each repeated ceil(r)
+    # times, 1 to 5), so a run killed after its first checkpoint stops in the middle of the first enlarged epoch
+    "ceil": [
+        "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "0.3",
+        "DATALOADER.REPEAT_ROUNDING", "ceil",
+    ],
+}  # fmt: skip
 
 
-def train(output_dir, iterations, *extra):
-    run = train_net(
-        "--config-file", DEMO_CONFIG, *extra, *SMALL_OPTS, *DETERMINISTIC,
-        "SOLVER.MAX_ITER", iterations, "OUTPUT_DIR", output_dir,
-    )  # fmt: skip
+def command(output_dir, num_processes, sampler, *flags):
+    return [
+        sys.executable, str(REPO / "train_net.py"), "--num-gpus", str(num_processes), "--config-file", str(DEMO_CONFIG),
+        *flags, *SMALL_OPTS, *DETERMINISTIC, *SAMPLERS[sampler], "OUTPUT_DIR", str(output_dir),
+    ]  # fmt: skip
+
+
+# One thread per process: the processes share the machine's cores.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_to_the_end(*command):
+    run = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    return torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=False)
+    return run
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    uninterrupted = train(tmp_path / "a", 6)
-    train(tmp_path / "b", 3)
-    resumed = train(tmp_path / "b", 6, "--resume")
+def kill_after_first_checkpoint(command, output_dir):
+    """Start a run in its own process group and SIGKILL the whole group once a periodic checkpoint is on disk."""
+    process = subprocess.Popen(
+        command, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 600
+    while not (output_dir / "model_0000001.pth").exists():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    assert not (output_dir / "model_final.pth").exists(), "the run ended before it was killed"
+
+
+@pytest.mark.parametrize(
+    "num_processes,sampler", [(1, "TrainingSampler"), (2, "RepeatFactorTrainingSampler"), (2, "ceil")]
+)
+def test_a_killed_run_resumed_ends_as_the_uninterrupted_one(tmp_path, num_processes, sampler):
+    killed = tmp_path / "killed"
+    kill_after_first_checkpoint(command(killed, num_processes, sampler), killed)
+    resuming = run_to_the_end(*command(killed, num_processes, sampler, "--resume"))
+    log = resuming.stdout + resuming.stderr
+    assert int(re.search(r"Starting training from iteration (\d+)", log).group(1)) >= 2
+    assert "Taking over" in log  # the killed run's lock on OUTPUT_DIR
+    run_to_the_end(*command(tmp_path / "uninterrupted", num_processes, sampler))
+    resumed = torch.load(killed / "model_final.pth", map_location="cpu", weights_only=True)
+    uninterrupted = torch.load(tmp_path / "uninterrupted" / "model_final.pth", map_location="cpu", weights_only=True)
 
     assert resumed["iteration"] == uninterrupted["iteration"] == 5
     model, expected = resumed["model"], uninterrupted["model"]
@@ -67,6 +123,57 @@ def test_interrupted_write_leaves_last_checkpoint_on_a_complete_file(tmp_path, m
         assert torch.equal(restored.state_dict()[key], value), key
 
 
+def saved_models(save_dir, *names):
+    """Checkpoints of differently initialised models; returns their state dicts."""
+    states = []
+    for seed, name in enumerate(names):
+        torch.manual_seed(seed)
+        model = build_model(small_cfg())
+        EFLCheckpointer(model, save_dir=str(save_dir)).save(name)
+        states.append(model.state_dict())
+    return states
+
+
+def assert_holds(model, state):
+    for key, value in state.items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_resume_passes_over_a_truncated_newest_checkpoint(tmp_path, caplog):
+    older, _ = saved_models(tmp_path, "model_0000001", "model_0000003")
+    newest = tmp_path / "model_0000003.pth"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    model = build_model(small_cfg())
+    with caplog.at_level(logging.WARNING):
+        EFLCheckpointer(model, save_dir=str(tmp_path)).resume_or_load("", resume=True)
+    assert_holds(model, older)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(str(newest) in m and "truncated" in m for m in warnings), warnings
+
+
+def test_resume_when_last_checkpoint_names_a_missing_file(tmp_path, caplog):
+    first, second = saved_models(tmp_path, "model_0000001", "model_0000003")
+    (tmp_path / "model_0000003.pth").unlink()
+    model = build_model(small_cfg())
+    with caplog.at_level(logging.WARNING):
+        EFLCheckpointer(model, save_dir=str(tmp_path)).resume_or_load("", resume=True)
+    assert_holds(model, first)
+    assert any("model_0000003.pth, which does not exist" in r.getMessage() for r in caplog.records)
+
+    (tmp_path / "model_0000001.pth").write_bytes(b"")
+    with pytest.raises(ConfigError, match="no readable checkpoint"):
+        EFLCheckpointer(build_model(small_cfg()), save_dir=str(tmp_path)).resume_or_load("", resume=True)
+
+
+def test_temporary_files_are_unique_to_the_process(tmp_path, monkeypatch):
+    written = []
+    save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (written.append(f.name), save(obj, f, *a, **k)))
+    EFLCheckpointer(build_model(small_cfg()), save_dir=str(tmp_path)).save("model_0000009")
+    assert len(written) == 1 and f"-{os.getpid()}" in os.path.basename(written[0])
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]
+
+
 def test_weights_without_efl_state_load_with_one_message(tmp_path, caplog):
     focal = build_model(small_cfg("MODEL.META_ARCHITECTURE", "RetinaNet"))
     DetectionCheckpointer(focal, save_dir=str(tmp_path)).save("focal")
@@ -74,9 +181,19 @@ def test_weights_without_efl_state_load_with_one_message(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         EFLCheckpointer(efl).load(str(tmp_path / "focal.pth"))
     messages = [r.getMessage() for r in caplog.records if "EFL state" in r.getMessage()]
-    assert len(messages) == 1 and "starts as focal loss" in messages[0]
+    assert len(messages) == 1 and "starts as focal loss" in messages[0] and "trained without EFL" in messages[0]
     others = [r.getMessage() for r in caplog.records if "EFL state" not in r.getMessage()]
     assert not any("cls_loss" in m or "loss_normalizer" in m for m in others), others
     assert torch.all(efl.cls_loss.pos_neg == 1) and efl.loss_normalizer == 100.0
     for key, value in focal.state_dict().items():
         assert torch.equal(efl.state_dict()[key], value), key
+
+
+def test_an_error_inside_the_worker_processes_stops_in_one_line(tmp_path):
+    """Found only inside the 2 workers (each reads the checkpoints): reported once, as one line."""
+    saved_models(tmp_path, "model_0000001")
+    (tmp_path / "model_0000001.pth").write_bytes(b"PK\x03\x04 not all there")
+    run = subprocess.run(
+        command(tmp_path, 2, "TrainingSampler", "--resume"), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert_stops_with(run, f"--resume: {tmp_path} has no readable checkpoint")

@@ -48,10 +48,21 @@ def capture_head_logits(model):
     return captured
 
 
-@pytest.mark.parametrize("aspect_ratios", [[1.0], [0.5, 1.0, 2.0]])
-def test_statistics_credit_each_gradient_to_its_own_cell(aspect_ratios):
-    model = build("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [aspect_ratios])
-    num_anchors = 3 * len(aspect_ratios)
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))
+
+
+TWO_SIZES = [[16, 24], [32, 48], [64, 96], [128, 192], [256, 384]]
+ANCHORS = {  # anchors per location -> config: 2 as the improved baseline, 3 and 9 as RetinaNet
+    2: ("MODEL.ANCHOR_GENERATOR.SIZES", TWO_SIZES),
+    3: ("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [[1.0]]),
+    9: ("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [[0.5, 1.0, 2.0]]),
+}
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("num_anchors", ANCHORS)
+def test_statistics_credit_each_gradient_to_its_own_cell(num_anchors, device):
+    model = build(*ANCHORS[num_anchors], "MODEL.DEVICE", device)
     logits = capture_head_logits(model)
     inputs = make_inputs(
         [
@@ -66,7 +77,7 @@ def test_statistics_credit_each_gradient_to_its_own_cell(aspect_ratios):
     images = model.preprocess_image(inputs)
     features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
     anchors = model.anchor_generator(features)
-    labels = torch.stack(model.label_anchors(anchors, [x["instances"] for x in inputs])[0])
+    labels = torch.stack(model.label_anchors(anchors, [x["instances"].to(device) for x in inputs])[0]).cpu()
     assert (labels == -1).any() and ((labels >= 0) & (labels < NUM_CLASSES)).sum() > 5
 
     pos = torch.zeros(NUM_CLASSES, dtype=torch.float64)
@@ -76,7 +87,7 @@ def test_statistics_credit_each_gradient_to_its_own_cell(aspect_ratios):
         n, _, h, w = x.shape
         level = labels[:, start : start + h * w * num_anchors].reshape(n, h, w, num_anchors)
         start += h * w * num_anchors
-        grad = x.grad.double().reshape(n, num_anchors, NUM_CLASSES, h, w)
+        grad = x.grad.double().cpu().reshape(n, num_anchors, NUM_CLASSES, h, w)
         for a in range(num_anchors):
             lab = level[..., a]  # (N, H, W)
             for c in range(NUM_CLASSES):
@@ -84,10 +95,11 @@ def test_statistics_credit_each_gradient_to_its_own_cell(aspect_ratios):
                 pos[c] += g[lab == c].sum()
                 neg[c] += g[(lab >= 0) & (lab != c)].sum()
     assert start == labels.shape[1]
-    torch.testing.assert_close(model.cls_loss.pos_grad.double(), pos, rtol=1e-5, atol=1e-12)
-    torch.testing.assert_close(model.cls_loss.neg_grad.double(), neg, rtol=1e-5, atol=1e-12)
-    assert (model.cls_loss.pos_grad[[0, 1, 4, 6]] > 0).all()
-    assert (model.cls_loss.pos_grad[[2, 3, 5, 7]] == 0).all()
+    pos_grad, neg_grad = model.cls_loss.pos_grad.cpu(), model.cls_loss.neg_grad.cpu()
+    torch.testing.assert_close(pos_grad.double(), pos, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(neg_grad.double(), neg, rtol=1e-5, atol=1e-12)
+    assert (pos_grad[[0, 1, 4, 6]] > 0).all()
+    assert (pos_grad[[2, 3, 5, 7]] == 0).all()
 
 
 def test_images_without_annotations_give_finite_loss_and_no_positive_statistics():

@@ -9,13 +9,19 @@ checkpoint for configs/LVISv1/released_improved_R_{50,101}.yaml:
 --layout: "auto" (default) tells anchor-first from class-first classification channels by the bias (and prints
 the decision); force it with "anchor-first" or "class-first". The mapping is in efl/released_checkpoint.py; any
 key that cannot be placed stops the conversion with its name.
+
+The file is read with torch.load(weights_only=True): a file holding objects other than tensors and plain
+containers is refused with their names, since unpickling them would run code from the file. --trust-pickle reads
+it anyway: only for a file whose origin you trust.
 """
 import argparse
 import sys
 
 import torch
 
+from efl.errors import ConfigError
 from efl.released_checkpoint import LAYOUTS, ConversionError, convert_state_dict, detect_layout, unwrap
+from efl.safe_loading import load_torch_file
 
 
 def main(argv=None):
@@ -23,11 +29,13 @@ def main(argv=None):
     parser.add_argument("input", help="the released .pth file")
     parser.add_argument("output", help="where to write the detectron2 checkpoint")
     parser.add_argument("--layout", choices=LAYOUTS, default="auto")
+    parser.add_argument(
+        "--trust-pickle", action="store_true", help="read a file that needs full unpickling (runs code from it)"
+    )
     args = parser.parse_args(argv)
 
-    # The released files hold optimizer state and other objects: trusted input, full unpickling needed.
-    checkpoint = torch.load(args.input, map_location="cpu", weights_only=False)
     try:
+        checkpoint = load_torch_file(args.input, trust_pickle=args.trust_pickle)
         state = unwrap(checkpoint)
         if args.layout == "auto":
             bias = state.get("roi_head.cls_subnet_pred.bias")
@@ -38,7 +46,7 @@ def main(argv=None):
                     f"anchor-first view {anchor_first:.3f}, class-first view {class_first:.3f})"
                 )
         converted, layout = convert_state_dict(state, args.layout)
-    except ConversionError as e:
+    except (ConversionError, ConfigError) as e:
         sys.exit(f"convert_released_checkpoint.py: error: {e}")
     torch.save({"model": converted, "__author__": "EFL authors (converted)", "matching_heuristics": False}, args.output)
     print(f"wrote {len(converted)} tensors ({layout}) to {args.output}")

@@ -12,7 +12,8 @@ of g_j with the class's training-image count.
 
 g_j is read from the first checkpoint: train focal loss as EFL with MODEL.EFL.SCALE 0.0 (exactly focal loss) to
 keep its statistics. gamma_j is that of --gamma-of (default: the same checkpoint); gamma_b and s come from the
-config.yaml beside it (or --gamma-b / --scale).
+config.yaml beside it (or --gamma-b / --scale), and so are the datasets it registered (DATASETS.REGISTER). Checkpoints
+are read with weights_only=True (--trust-pickle reads a file that needs full unpickling, which runs code from it).
 """
 import argparse
 import json
@@ -29,17 +30,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from detectron2.data import MetadataCatalog  # noqa: E402
+import efl  # noqa: E402, F401  (registers the synthetic datasets)
+from efl.data import FREQUENCY_GROUPS, class_image_count, frequency_group_of, register_datasets  # noqa: E402
+from efl.safe_loading import load_torch_file  # noqa: E402
 
-from efl.data import frequency_group  # noqa: E402  (importing efl.data registers the synthetic sets)
-
-GROUPS = {"r": "rare", "c": "common", "f": "frequent"}
-COLOURS = {"r": "tab:red", "c": "tab:orange", "f": "tab:blue"}
+COLOURS = {"rare": "tab:red", "common": "tab:orange", "frequent": "tab:blue"}
 
 
-def load_statistics(checkpoint: Path) -> torch.Tensor:
+def load_statistics(checkpoint: Path, trust_pickle: bool = False) -> torch.Tensor:
     """The (C,) g_j (``pos_neg``) buffer of the EFL loss in a detectron2 checkpoint."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_torch_file(str(checkpoint), trust_pickle=trust_pickle)
     state = state.get("model", state)
     keys = [k for k in state if k.endswith("cls_loss.pos_neg")]
     if len(keys) != 1:
@@ -50,22 +50,34 @@ def load_statistics(checkpoint: Path) -> torch.Tensor:
     return state[keys[0]].float()
 
 
-def efl_hyperparameters(checkpoint: Path) -> Tuple[float, float]:
-    """gamma_b and s from the config.yaml beside the checkpoint."""
+def run_config(checkpoint: Path) -> Optional[dict]:
+    """The config.yaml that train_net.py wrote beside the checkpoint, as a dict; None when there is none."""
     config = checkpoint.parent / "config.yaml"
     if not config.is_file():
-        raise ValueError(f"no {config} to read gamma_b and s from: pass --gamma-b and --scale")
+        return None
     with open(config) as f:
-        efl_cfg = yaml.safe_load(f)["MODEL"]["EFL"]
+        return yaml.safe_load(f)
+
+
+def efl_hyperparameters(checkpoint: Path) -> Tuple[float, float]:
+    """gamma_b and s from the config.yaml beside the checkpoint."""
+    config = run_config(checkpoint)
+    if config is None:
+        raise ValueError(f"no {checkpoint.parent / 'config.yaml'} to read gamma_b and s from: pass --gamma-b and --scale")
+    efl_cfg = config["MODEL"]["EFL"]
     return float(efl_cfg["GAMMA_B"]), float(efl_cfg["SCALE"])
 
 
 def training_image_counts(dataset: str) -> List[int]:
-    """The number of training images of each class, in contiguous class order, from the dataset's metadata."""
-    counts = MetadataCatalog.get(dataset).get("class_image_count")
+    """The number of training images of each class, in category-id order, from the dataset's metadata."""
+    counts = class_image_count(dataset)
     if counts is None:
         raise ValueError(f"dataset '{dataset}' has no class_image_count metadata (an LVIS-type training set)")
     return [c["image_count"] for c in sorted(counts, key=lambda c: c["id"])]
+
+
+def _group(image_count: int) -> str:
+    return FREQUENCY_GROUPS[frequency_group_of(image_count)]
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -95,9 +107,9 @@ def summarise(pos_neg: torch.Tensor, image_counts: Sequence[int]) -> Dict[str, f
         "g_rare", "g_common", "g_frequent": the mean g_j of each LVIS frequency group (nan when empty);
         "spearman": the rank correlation of g_j with the image count (so also with its log).
     """
-    groups = np.array([frequency_group(n) for n in image_counts])
+    groups = np.array([_group(n) for n in image_counts])
     g = pos_neg.double().numpy()
-    summary = {f"g_{name}": float(g[groups == key].mean()) if (groups == key).any() else math.nan for key, name in GROUPS.items()}
+    summary = {f"g_{name}": float(g[groups == name].mean()) if (groups == name).any() else math.nan for name in FREQUENCY_GROUPS}
     summary["spearman"] = spearman(g, image_counts)
     return summary
 
@@ -108,7 +120,7 @@ def read_group_curves(metrics_json: Path) -> Dict[str, Tuple[List[int], List[flo
     with open(metrics_json) as f:
         for line in f:
             record = json.loads(line)
-            for name in GROUPS.values():
+            for name in FREQUENCY_GROUPS:
                 if f"efl/g_{name}" in record:
                     iterations, values = curves.setdefault(name, ([], []))
                     iterations.append(record["iteration"])
@@ -119,10 +131,10 @@ def read_group_curves(metrics_json: Path) -> Dict[str, Tuple[List[int], List[flo
 def _bars_by_frequency(axis, values: torch.Tensor, image_counts: Sequence[int], ylabel: str) -> None:
     """One bar per class, the most frequent first, coloured by frequency group."""
     order = sorted(range(len(image_counts)), key=lambda c: -image_counts[c])
-    groups = [frequency_group(image_counts[c]) for c in order]
+    groups = [_group(image_counts[c]) for c in order]
     axis.bar(range(len(order)), values[order].tolist(), color=[COLOURS[g] for g in groups], width=0.85)
-    for key, name in GROUPS.items():  # legend entries
-        axis.bar([0], [0], color=COLOURS[key], label=name)
+    for name in FREQUENCY_GROUPS:  # legend entries
+        axis.bar([0], [0], color=COLOURS[name], label=name)
     axis.set_xlabel("classes, sorted by training images (most first)")
     axis.set_ylabel(ylabel)
     axis.set_xlim(-0.6, len(order) - 0.4)
@@ -154,10 +166,10 @@ def plot(
     axes[1].set_title(titles[1])
     styles = ("-", "--", ":", "-.")
     for (label, run_curves), style in zip(curves.items(), styles):
-        for key, name in GROUPS.items():
+        for name in FREQUENCY_GROUPS:
             if name in run_curves:
                 iterations, values = run_curves[name]
-                axes[2].plot(iterations, values, style, color=COLOURS[key], label=f"{label}: {name}")
+                axes[2].plot(iterations, values, style, color=COLOURS[name], label=f"{label}: {name}")
     if curves:
         axes[2].set_xlabel("iteration")
         axes[2].set_ylabel("mean $g_j$ of the group")
@@ -177,19 +189,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     parser.add_argument("--output", type=Path, default=Path("efl_stats.png"))
     parser.add_argument("--gamma-b", type=float, help="gamma_b of --gamma-of (default: from its config.yaml)")
     parser.add_argument("--scale", type=float, help="s of --gamma-of (default: from its config.yaml)")
+    parser.add_argument(
+        "--trust-pickle", action="store_true", help="read a checkpoint that needs full unpickling (runs code from it)"
+    )
     args = parser.parse_args(argv)
     gamma_of = args.gamma_of or args.checkpoint
     try:
-        pos_neg = load_statistics(args.checkpoint)
+        register_datasets(((run_config(args.checkpoint) or {}).get("DATASETS") or {}).get("REGISTER", ()))
+        pos_neg = load_statistics(args.checkpoint, args.trust_pickle)
         if args.gamma_b is None or args.scale is None:
             gamma_b, scale = efl_hyperparameters(gamma_of)
         gamma_b = args.gamma_b if args.gamma_b is not None else gamma_b
         scale = args.scale if args.scale is not None else scale
-        gamma = gamma_b + scale * (1.0 - load_statistics(gamma_of))
+        gamma = gamma_b + scale * (1.0 - load_statistics(gamma_of, args.trust_pickle))
         image_counts = training_image_counts(args.dataset)
         if len(image_counts) != len(pos_neg):
             raise ValueError(f"dataset '{args.dataset}' has {len(image_counts)} classes, the checkpoint {len(pos_neg)}")
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # ConfigError included
         sys.exit(f"plot_efl_stats.py: error: {e}")
     curves = {
         path.parent.name: read_group_curves(path.parent / "metrics.json")

@@ -12,7 +12,8 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.evaluation import LVISEvaluator as _D2LVISEvaluator
 from detectron2.utils import comm
 
-from .data import ensure_generated
+from .data.frequency import FREQUENCY_GROUPS, class_image_count, frequency_group_of
+from .errors import ConfigError
 
 __all__ = ["LVISEvaluator", "build_evaluator", "numpy_float_alias"]
 
@@ -39,8 +40,24 @@ def numpy_float_alias() -> Iterator[None]:
 class LVISEvaluator(_D2LVISEvaluator):
     """
     detectron2's LVISEvaluator, runnable on numpy >= 1.24, which also writes its metrics to
-    ``<output_dir>/results.json`` for tools that compare runs.
+    ``<output_dir>/results.json`` for tools that compare runs. Categories of the annotation file without LVIS's
+    ``frequency`` (your own data) get it from the training image counts of dataset ``frequency_from``.
     """
+
+    def __init__(self, dataset_name: str, *args, frequency_from: Optional[str] = None, **kwargs):
+        super().__init__(dataset_name, *args, **kwargs)
+        categories = self._lvis_api.cats
+        if all("frequency" in c for c in categories.values()):
+            return
+        counts = class_image_count(frequency_from) if frequency_from else None
+        if counts is None:
+            raise ConfigError(
+                f"the categories of {self._metadata.json_file} have no 'frequency', which LVIS evaluation needs for "
+                "APr/APc/APf, and there is no training set to count images in: add 'frequency' ('r', 'c' or 'f') "
+                "to each category"
+            )
+        for c in counts:
+            categories[c["id"]].setdefault("frequency", FREQUENCY_GROUPS[frequency_group_of(c["image_count"])][0])
 
     def evaluate(self):
         with numpy_float_alias():
@@ -57,14 +74,18 @@ def build_evaluator(
     """
     LVISEvaluator for LVIS-type datasets, COCOEvaluator for COCO-type ones, both keeping up to
     ``TEST.DETECTIONS_PER_IMAGE`` detections per image. Output goes to ``OUTPUT_DIR/inference/<dataset>``.
+    The evaluators read the dataset's annotation file as they are built: an embedded synthetic set must have been
+    loaded (generated) first, as the test loader does.
     """
-    ensure_generated(dataset_name)  # evaluators read the annotations as they are built
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
     max_dets = cfg.TEST.DETECTIONS_PER_IMAGE
     if evaluator_type == "lvis":
-        return LVISEvaluator(dataset_name, output_dir=output_folder, max_dets_per_image=max_dets)
+        frequency_from = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
+        return LVISEvaluator(
+            dataset_name, output_dir=output_folder, max_dets_per_image=max_dets, frequency_from=frequency_from
+        )
     if evaluator_type == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_folder, max_dets_per_image=max_dets)
     raise ValueError(

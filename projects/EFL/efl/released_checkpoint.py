@@ -11,7 +11,8 @@ Key mapping (official -> ours):
   roi_head.cls_subnet.* / roi_head.box_subnet.*         -> head.cls_subnet.* / head.bbox_subnet.*
   roi_head.cls_subnet_pred / box_subnet_pred / iou_pred -> head.cls_score / head.bbox_pred / head.iou_pred
   post_process.cls_loss.{pos_grad,neg_grad,pos_neg}     -> cls_loss.*
-The released towers' convs have no bias: ours get zero biases. ``*.num_batches_tracked`` is dropped.
+The released towers' convs have no bias, like ours in these configs (MODEL.IMPROVED_BASELINE.TOWER_CONV_BIAS False).
+``*.num_batches_tracked`` is dropped.
 """
 import re
 from typing import Dict, Tuple
@@ -43,7 +44,6 @@ _RULES = [
 ]
 # The 0.1.0-era files also register the stem as backbone.conv1 / backbone.bn1, identical to layer0.0 / layer0.1.
 _STEM_ALIASES = {"backbone.conv1.": "backbone.layer0.0.", "backbone.bn1.": "backbone.layer0.1."}
-_TOWER_CONV = re.compile(r"head\.(cls|bbox)_subnet\.(\d+)\.weight")
 
 
 class ConversionError(ValueError):
@@ -122,8 +122,4 @@ def convert_state_dict(state: Dict[str, Tensor], layout: str = "auto") -> Tuple[
     if layout == "class-first":
         for key in ("head.cls_score.weight", "head.cls_score.bias"):
             converted[key] = _class_first_to_anchor_first(converted[key], NUM_ANCHORS)
-    for key, value in list(converted.items()):
-        match = _TOWER_CONV.fullmatch(key)
-        if match and f"head.{match[1]}_subnet.{match[2]}.bias" not in converted:
-            converted[f"head.{match[1]}_subnet.{match[2]}.bias"] = value.new_zeros(value.shape[0])
     return converted, layout

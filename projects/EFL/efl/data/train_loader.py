@@ -1,9 +1,13 @@
 """
 detectron2's training data loader, made resumable and tolerant of the odd unreadable image:
 - the sampler (TrainingSampler or RepeatFactorTrainingSampler alike) can skip what a resumed run had already
-  consumed, so that a run resumed at iteration N sees the images an uninterrupted run would have seen;
+  consumed, so that a run resumed at iteration N sees the images an uninterrupted run would have seen, and knows
+  how many images an epoch has (for SOLVER.MAX_EPOCHS);
+- repeat-factor sampling rounds as DATALOADER.REPEAT_ROUNDING says (:class:`RepeatFactorSampler`);
 - an image that cannot be read is skipped with a warning naming it; many consecutive failures stop training with
-  a message, since they mean a wrong image folder rather than a bad file.
+  a message, since they mean a wrong image folder rather than a bad file;
+- every annotation's class is checked against the number of classes, in the loader's workers, so that the loss
+  need not read its labels' range on the GPU every step.
 """
 import itertools
 import logging
@@ -12,19 +16,27 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 from torch.utils.data import DataLoader, Sampler
 
 from detectron2.config import CfgNode
-from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.build import _train_loader_from_config
 
-__all__ = ["ResumableSampler", "SkipUnreadableImages", "build_resumable_train_loader"]
+from ..errors import ConfigError
+from .samplers import build_epoch_sampler
+
+__all__ = ["CheckAnnotatedClasses", "ResumableSampler", "SkipUnreadableImages", "build_resumable_train_loader"]
 
 logger = logging.getLogger(__name__)
 
 
 class ResumableSampler(Sampler):
-    """Wrap an infinite per-process sampler; ``skip`` indices of its stream are dropped when iteration starts."""
+    """
+    Wrap an infinite per-process sampler; ``skip`` indices of its stream are dropped when iteration starts.
+    ``epoch_size``: the images in one pass over the (enlarged) training list, all processes together; the expected
+    number when passes vary in length; None for a sampler without epochs.
+    """
 
-    def __init__(self, sampler: Sampler):
+    def __init__(self, sampler: Sampler, epoch_size: Optional[float] = None):
         self.sampler = sampler
+        self.epoch_size = epoch_size
         self.skip = 0
 
     def __iter__(self) -> Iterator[int]:
@@ -45,7 +57,7 @@ class SkipUnreadableImages:
         except OSError as e:  # missing file, unreadable or truncated image (PIL's errors are OSErrors)
             self._failures += 1
             if self._failures >= self.max_consecutive_failures:
-                raise RuntimeError(
+                raise ConfigError(
                     f"{self._failures} images in a row could not be read, the last {dataset_dict['file_name']!r} "
                     f"({e}): check the dataset's image folder (see README, 'Data')"
                 ) from None
@@ -55,9 +67,48 @@ class SkipUnreadableImages:
         return mapped
 
 
+class CheckAnnotatedClasses:
+    """
+    A dataset mapper that raises ValueError, naming the image, for an annotation whose class is not in
+    [0, num_classes). It runs on the CPU, in the loader's workers: the detectors' losses rely on it instead of
+    reading their labels' range on the GPU every step.
+    """
+
+    def __init__(self, mapper: Callable[[Dict], Optional[Dict]], num_classes: int):
+        self.mapper = mapper
+        self.num_classes = num_classes
+
+    def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
+        mapped = self.mapper(dataset_dict)
+        instances = None if mapped is None else mapped.get("instances")
+        if instances is not None and instances.has("gt_classes") and len(instances):
+            classes = instances.gt_classes
+            if int(classes.min()) < 0 or int(classes.max()) >= self.num_classes:
+                raise ValueError(
+                    f"Training image {dataset_dict.get('file_name')!r} has annotations of classes "
+                    f"{sorted(set(classes.tolist()))}, outside [0, {self.num_classes}): the dataset's category ids "
+                    f"must map to 0..{self.num_classes - 1} (MODEL.RETINANET.NUM_CLASSES is {self.num_classes})"
+                )
+        return mapped
+
+
 def build_resumable_train_loader(cfg: CfgNode) -> Tuple[DataLoader, ResumableSampler]:
-    """detectron2's training loader for ``cfg``, with a :class:`ResumableSampler` and :class:`SkipUnreadableImages`."""
-    kwargs = _train_loader_from_config(cfg, DatasetMapper(cfg, True))
-    sampler = ResumableSampler(kwargs.pop("sampler"))
-    kwargs["mapper"] = SkipUnreadableImages(kwargs["mapper"])
+    """
+    detectron2's training loader for ``cfg``, with a :class:`ResumableSampler`, :class:`SkipUnreadableImages` and
+    :class:`CheckAnnotatedClasses`.
+    """
+    # the images detectron2's training loader reads (those without annotations dropped as configured)
+    dataset = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN,
+        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+    )
+    sampler, epoch_size = build_epoch_sampler(cfg, dataset)
+    kwargs = _train_loader_from_config(cfg, DatasetMapper(cfg, True), dataset=dataset, sampler=sampler)
+    sampler = ResumableSampler(kwargs.pop("sampler"), epoch_size)
+    # A dataset of fewer images than the limit, all unreadable, stops when it has tried each once.
+    kwargs["mapper"] = CheckAnnotatedClasses(
+        SkipUnreadableImages(kwargs["mapper"], min(100, len(dataset))), cfg.MODEL.RETINANET.NUM_CLASSES
+    )
     return build_detection_train_loader(sampler=sampler, **kwargs), sampler

@@ -3,9 +3,9 @@ import torch
 
 from detectron2.engine import HookBase
 
-from .loss import EqualizedFocalLoss
+from ..losses import EqualizedFocalLoss
 
-__all__ = ["FullModelGradientClipping", "RevertStatisticsOfSkippedSteps", "FULL_MODEL"]
+__all__ = ["FULL_MODEL", "FullModelGradientClipping", "ReportNonFiniteStatistics", "RevertStatisticsOfSkippedSteps"]
 
 # SOLVER.CLIP_GRADIENTS.CLIP_TYPE value that clips the norm of all gradients together. detectron2's own "norm"
 # clips each parameter's gradient separately; the EFL recipe clips the whole model's, like
@@ -40,10 +40,24 @@ class RevertStatisticsOfSkippedSteps(HookBase):
     """
 
     def before_step(self):
-        self._scale = self.trainer.grad_scaler.get_scale()
+        # The scale as a device tensor, compared and acted on on the device: get_scale() would sync twice a step.
+        scale = self.trainer.grad_scaler._get_scale_async()
+        self._scale = self.trainer.grad_scaler.get_scale() if scale is None else scale.clone()  # None: first step
 
     def after_step(self):
-        if self.trainer.grad_scaler.get_scale() < self._scale:
-            for module in self.trainer.model.modules():
-                if isinstance(module, EqualizedFocalLoss):
-                    module.revert_last_update()
+        skipped = self.trainer.grad_scaler._get_scale_async() < self._scale
+        for module in self.trainer.model.modules():
+            if isinstance(module, EqualizedFocalLoss):
+                module.revert_last_update(skipped)
+
+
+class ReportNonFiniteStatistics(HookBase):
+    """
+    EFL reports steps with non-finite statistics every few iterations (so that checking them costs no host sync
+    per step); this hook reports the last few when training ends, however it ends.
+    """
+
+    def after_train(self):
+        for module in self.trainer.model.modules():
+            if isinstance(module, EqualizedFocalLoss):
+                module.report_nonfinite_steps()

@@ -8,7 +8,14 @@ BLOCK_C classes of one anchor slot over ITERS * BLOCK_P positions, so one pass r
 - backward: recomputes each cell, writes grad_output * dL/dz in the logits' dtype, and sums |dL/dz| per class
   over positive and negative cells into per-program rows that are reduced afterwards.
 Arithmetic is float32 whatever the logits' dtype.
+
+The tile shape (BLOCK_C, BLOCK_P, ITERS, warps) is chosen by measurement: triton.autotune times every entry of
+CONFIGS the first time it meets a (C, layout, positions rounded up to a power of 2, gradient or not, variant,
+dtype), and keeps the fastest (benchmarks/sweep_triton_blocks.py prints the whole table). The per-program
+partial sums are sized for the smallest tiles and zeroed, so that every configuration fills a part of the same
+buffers; under Triton's interpreter, which cannot time anything, the first entry is used.
 """
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -16,9 +23,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import DenseTargets
+from .targets import DenseTargets
 
-__all__ = ["efl_loss_triton", "efl_grad_triton"]
+__all__ = ["CONFIGS", "TritonKernel", "efl_loss_triton", "efl_grad_triton"]
 
 
 @triton.jit
@@ -65,6 +72,25 @@ def _eqfl_positive_cells(x, t, gamma, w):
     return w * modulator * bce, w * (slope * p * (1.0 - p) * bce + modulator * d)
 
 
+CONFIGS = [
+    triton.Config({"BLOCK_C": 32, "BLOCK_P": 64, "ITERS": 4}, num_warps=4),
+    triton.Config({"BLOCK_C": 64, "BLOCK_P": 32, "ITERS": 4}, num_warps=4),
+    triton.Config({"BLOCK_C": 64, "BLOCK_P": 64, "ITERS": 2}, num_warps=4),
+    triton.Config({"BLOCK_C": 16, "BLOCK_P": 128, "ITERS": 4}, num_warps=4),
+    triton.Config({"BLOCK_C": 32, "BLOCK_P": 128, "ITERS": 2}, num_warps=8),
+    triton.Config({"BLOCK_C": 128, "BLOCK_P": 32, "ITERS": 2}, num_warps=8),
+]
+# The partial-sum buffers hold as many rows and columns as the smallest tiles need.
+_MIN_SPAN = min(c.kwargs["BLOCK_P"] * c.kwargs["ITERS"] for c in CONFIGS)
+_MIN_BLOCK_C = min(c.kwargs["BLOCK_C"] for c in CONFIGS)
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.autotune(
+    configs=CONFIGS[:1] if _INTERPRETED else CONFIGS,
+    key=["C", "P_BUCKET", "stride_xp", "WITH_GRAD", "QUALITY"],  # and every tensor's dtype
+    reset_to_zero=["loss_part_ptr", "pos_part_ptr", "neg_part_ptr"],
+)
 @triton.jit
 def _efl_kernel(
     x_ptr,
@@ -80,8 +106,8 @@ def _efl_kernel(
     neg_part_ptr,
     C,
     P,
+    P_BUCKET,  # P rounded up to a power of 2: only part of the autotuning key
     A,
-    num_p_blocks,
     stride_xn,
     stride_xc,
     stride_xp,
@@ -95,6 +121,7 @@ def _efl_kernel(
 ):
     pid_row = tl.program_id(0)
     pid_c = tl.program_id(1)
+    num_p_blocks = tl.cdiv(P, BLOCK_P * ITERS)
     slot = pid_row // num_p_blocks  # (image, anchor) pair
     p_block = pid_row % num_p_blocks
     n = (slot // A).to(tl.int64)
@@ -158,11 +185,15 @@ def _launch(
     grads: Optional[Sequence[Tensor]],
     targets: DenseTargets,
     grad_output: Optional[Tensor],
+    config: Optional[triton.Config] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
+    """One kernel launch per level; ``config`` forces a tile shape (the sweep), else autotuning picks it."""
     labels, quality, gamma, w_pos, w_neg, num_anchors = targets
     num_classes = gamma.numel()
     device = gamma.device
     with_grad = grads is not None
+    kernel = _efl_kernel if config is None else _efl_kernel.fn
+    meta = {} if config is None else config.all_kwargs()
     losses: List[Tensor] = []
     pos_sum = torch.zeros(num_classes, dtype=torch.float32, device=device)
     neg_sum = torch.zeros(num_classes, dtype=torch.float32, device=device)
@@ -170,30 +201,30 @@ def _launch(
     for i, x in enumerate(levels):
         n, _, h, w = x.shape
         positions = h * w
+        slots = n * num_anchors
         stride_p = _position_stride(x)
-        classes_contiguous = x.stride(1) == 1
-        # Tiles run along the contiguous axis of the logits, so that loads and stores coalesce.
-        block_c, block_p = (64, 32) if classes_contiguous else (32, 64)
-        iters = 4
-        num_p_blocks = triton.cdiv(positions, block_p * iters)
-        grid = (n * num_anchors * num_p_blocks, triton.cdiv(num_classes, block_c))
-        loss_part = torch.empty(grid, dtype=torch.float32, device=device)
+        rows = slots * triton.cdiv(positions, _MIN_SPAN)
+
+        def grid(meta, slots=slots, positions=positions):
+            p_blocks = triton.cdiv(positions, meta["BLOCK_P"] * meta["ITERS"])
+            return slots * p_blocks, triton.cdiv(num_classes, meta["BLOCK_C"])
+
+        loss_part = torch.zeros(rows * triton.cdiv(num_classes, _MIN_BLOCK_C), dtype=torch.float32, device=device)
         if with_grad:
-            pos_part = torch.empty(grid[0], num_classes, dtype=torch.float32, device=device)
-            neg_part = torch.empty_like(pos_part)
+            pos_part = torch.zeros(rows, num_classes, dtype=torch.float32, device=device)
+            neg_part = torch.zeros_like(pos_part)
             grad = grads[i]
         else:
             pos_part = neg_part = loss_part
             grad = x
-        if grid[0] > 0:
-            _efl_kernel[grid](
+        if rows > 0:
+            kernel[grid](
                 x, grad, labels, gamma if quality is None else quality, gamma, w_pos, w_neg,
                 grad_output if with_grad else gamma,
                 loss_part, pos_part, neg_part,
-                num_classes, positions, num_anchors, num_p_blocks,
+                num_classes, positions, triton.next_power_of_2(positions), num_anchors,
                 x.stride(0), x.stride(1), stride_p, labels.stride(0), label_offset,
-                BLOCK_C=block_c, BLOCK_P=block_p, ITERS=iters, WITH_GRAD=with_grad, QUALITY=quality is not None,
-                num_warps=4,
+                WITH_GRAD=with_grad, QUALITY=quality is not None, **meta,
             )  # fmt: skip
             losses.append(loss_part.sum())
             if with_grad:
@@ -204,20 +235,26 @@ def _launch(
     return loss, pos_sum, neg_sum
 
 
-def efl_loss_triton(levels: Sequence[Tensor], targets: DenseTargets) -> Tensor:
+def efl_loss_triton(
+    levels: Sequence[Tensor], targets: DenseTargets, config: Optional[triton.Config] = None
+) -> Tensor:
     """
     Args:
         levels: per-level (N, A*C, H, W) logits (a plain (R, C) matrix as its (1, C, R, 1) view).
         targets: labels, quality, focusing factors and weights (see :class:`DenseTargets`).
+        config: an entry of CONFIGS to use instead of the autotuner's choice.
 
     Returns:
         Scalar float32 loss.
     """
-    return _launch(levels, None, targets, None)[0]
+    return _launch(levels, None, targets, None, config)[0]
 
 
 def efl_grad_triton(
-    levels: Sequence[Tensor], targets: DenseTargets, grad_output: Tensor
+    levels: Sequence[Tensor],
+    targets: DenseTargets,
+    grad_output: Tensor,
+    config: Optional[triton.Config] = None,
 ) -> Tuple[List[Tensor], Tensor, Tensor]:
     """
     Same arguments as :func:`efl_loss_triton` plus the scalar ``grad_output``.
@@ -227,5 +264,24 @@ def efl_grad_triton(
         sums of |dL/dz| over positive and over negative cells (unscaled by ``grad_output``).
     """
     grads = [torch.empty_like(x) for x in levels]
-    _, pos_sum, neg_sum = _launch(levels, grads, targets, grad_output.reshape(1))
+    _, pos_sum, neg_sum = _launch(levels, grads, targets, grad_output.reshape(1), config)
     return grads, pos_sum, neg_sum
+
+
+class TritonKernel:
+    """
+    The Triton path as a :class:`efl.losses.function.DenseKernel`: forward reads the logits once for the loss,
+    backward reads them again and writes the gradient and the statistics; nothing (anchors x classes) is kept
+    in between.
+    """
+
+    name = "triton"
+
+    def forward(self, ctx, levels: Sequence[Tensor], targets: DenseTargets, want_grad: bool) -> Tensor:
+        if want_grad:
+            ctx.targets = targets
+            ctx.save_for_backward(*levels)
+        return efl_loss_triton(levels, targets)
+
+    def backward(self, ctx, grad_output: Tensor) -> Tuple[List[Tensor], Tensor, Tensor]:
+        return efl_grad_triton(ctx.saved_tensors, ctx.targets, grad_output)

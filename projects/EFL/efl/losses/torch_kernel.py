@@ -1,10 +1,11 @@
 """
-EFL (and EQFL) in chunked PyTorch: the path for the CPU (and for CUDA without Triton).
+EFL (and EQFL) in chunked PyTorch: the code path for the CPU (and for CUDA without Triton).
 
 One pass computes the loss, and when asked the gradient and the per-class sums of |gradient|, block by block,
 so the float32 temporaries stay a few MB whatever the number of anchors. Every cell is first treated as a
 negative, densely; the one positive cell of each foreground anchor is then corrected through indices, so no
-one-hot target is built. Inputs are a dense head's per-level (N, A*C, H, W) logits, read in place.
+one-hot target is built, and no value is read back to the host (no GPU sync). Inputs are a dense head's
+per-level (N, A*C, H, W) logits, read in place.
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -12,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import DenseTargets
+from .targets import DenseTargets
 
-__all__ = ["efl_torch"]
+__all__ = ["ChunkedTorchKernel", "efl_torch"]
 
 # Cells per block: bounds every float32 temporary to 4 MB.
 CHUNK_CELLS = 1 << 20
@@ -24,7 +25,7 @@ def _positive_cells(
     x: Tensor, gamma: Tensor, w: Tensor, target: Optional[Tensor]
 ) -> Tuple[Tensor, Tensor]:
     """
-    Loss and dL/dz of K positive cells, all (K,).
+    Loss and dL/dz of positive cells, all shaped alike.
 
     target None (EFL): w (1 - p)^gamma (-log p), with -log p = softplus(-z).
     target t (EQFL): w |t - p|^gamma BCE(z, t), with BCE(z, t) = softplus(z) - t z.
@@ -64,20 +65,25 @@ def _efl_block(
         loss (scalar), grad (B, C, P) or None, pos_sum (C,), neg_sum (C,).
     """
     num_classes = x.shape[1]
+    # Each anchor's own class is reached by gather/scatter on (B, 1, P) indices with masks, not by indexing the
+    # positives found with nonzero(), which costs a GPU a host sync per block.
     valid = labels >= 0
-    b, p = (valid & (labels < num_classes)).nonzero(as_tuple=True)
-    c = labels[b, p]
+    fg = valid & (labels < num_classes)
+    own = labels.clamp(0, num_classes - 1)  # (B, P): the class of a foreground anchor, any class for the others
+    index = own[:, None, :]
 
     # Negative cells: w p^gamma * (-log(1 - p)), with -log(1 - p) = softplus(z).
     prob = torch.sigmoid(x)
     nlog_q = F.softplus(x)
     t = prob.pow(gamma).mul_(w_neg)
     cell = t * nlog_q
-    loss = cell.sum(dim=1).mul_(valid).sum() - cell[b, c, p].sum()
+    own_cell = cell.gather(1, index).squeeze(1)
+    loss = cell.sum(dim=1).mul_(valid).sum() - torch.where(fg, own_cell, 0.0).sum()
 
-    target = None if quality is None else quality[b, p]
-    loss_pos, grad_pos = _positive_cells(x[b, c, p], gamma.view(-1)[c], w_pos.view(-1)[c], target)
-    loss = loss + loss_pos.sum()
+    loss_pos, grad_pos = _positive_cells(
+        x.gather(1, index).squeeze(1), gamma.view(-1)[own], w_pos.view(-1)[own], quality
+    )  # (B, P)
+    loss = loss + torch.where(fg, loss_pos, 0.0).sum()
 
     pos_sum = x.new_zeros(num_classes)
     neg_sum = x.new_zeros(num_classes)
@@ -86,12 +92,12 @@ def _efl_block(
 
     # d/dz of a negative term: w p^gamma (gamma (1 - p) softplus(z) + p), always >= 0.
     grad = torch.neg(prob, out=cell).add_(1.0).mul_(nlog_q).mul_(gamma).add_(prob).mul_(t)
-    ib, ip = (~valid).nonzero(as_tuple=True)
-    grad[ib, :, ip] = 0.0
+    grad.masked_fill_(~valid[:, None, :], 0.0)
     neg_sum += grad.sum(dim=(0, 2))
-    neg_sum.index_add_(0, c, grad[b, c, p], alpha=-1.0)
-    grad[b, c, p] = grad_pos
-    pos_sum.index_add_(0, c, grad_pos.abs())
+    own_grad = grad.gather(1, index).squeeze(1)
+    neg_sum.index_add_(0, own.flatten(), torch.where(fg, own_grad, 0.0).flatten(), alpha=-1.0)
+    grad.scatter_(1, index, torch.where(fg, grad_pos, own_grad)[:, None, :])
+    pos_sum.index_add_(0, own.flatten(), torch.where(fg, grad_pos.abs(), 0.0).flatten())
     return loss, grad, pos_sum, neg_sum
 
 
@@ -148,3 +154,30 @@ def efl_torch(
         if want_grad:
             grads.append(grad)
     return loss, grads, pos_sum, neg_sum
+
+
+class ChunkedTorchKernel:
+    """
+    The chunked PyTorch path as a :class:`efl.losses.function.DenseKernel`. Forward computes loss, gradient and
+    statistics together (on the CPU a second pass would cost as much again); backward scales the kept gradient.
+    """
+
+    name = "torch"
+
+    def forward(self, ctx, levels: Sequence[Tensor], targets: DenseTargets, want_grad: bool) -> Tensor:
+        loss, grads, pos_sum, neg_sum = efl_torch(levels, targets, want_grad)
+        ctx.grads = grads
+        ctx.statistics = (pos_sum, neg_sum)
+        return loss
+
+    def backward(self, ctx, grad_output: Tensor) -> Tuple[List[Tensor], Tensor, Tensor]:
+        grads = ctx.grads
+        if grads is None:
+            raise RuntimeError(
+                "EqualizedFocalLoss: backward ran twice through the same call (retain_graph); its gradient "
+                "buffer is handed over on the first backward. Call the loss again instead."
+            )
+        ctx.grads = None
+        for grad in grads:
+            grad.mul_(grad_output)
+        return grads, *ctx.statistics

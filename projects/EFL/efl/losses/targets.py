@@ -1,4 +1,4 @@
-"""The fast paths of EFL (and the reference they are checked against), behind EqualizedFocalLoss."""
+"""What every code path of the loss needs besides the logits."""
 from typing import NamedTuple, Optional
 
 from torch import Tensor
@@ -7,7 +7,7 @@ __all__ = ["DenseTargets"]
 
 
 class DenseTargets(NamedTuple):
-    """What every code path needs besides the per-level (N, A*C, H, W) logits."""
+    """Labels, soft targets and per-class factors of one call, shared by every code path."""
 
     labels: Tensor  # (N, R) int: -1 ignore, 0..C-1 class, C background; R = sum of H*W*A, rows (level, y, x, a)
     quality: Optional[Tensor]  # (N, R) float32 soft targets of the positive cells (EQFL), or None (EFL: 1)

@@ -1,0 +1,74 @@
+"""
+Repeat-factor sampling (LVIS, Gupta et al. 2019) with a choice of how each image's factor becomes a whole number
+of repeats per epoch. Image i has the factor r_i = max over its categories c of max(1, sqrt(t / f_c)), f_c being
+the fraction of training images that contain c and t the threshold (DATALOADER.REPEAT_THRESHOLD).
+
+- "stochastic" (detectron2's): each epoch, image i is repeated floor(r_i) times, plus once more with probability
+  r_i - floor(r_i); the epoch has sum(r_i) images on average, and a different list every time.
+- "ceil" (the official EFL code's): image i is repeated ceil(r_i) times in every epoch; the enlarged list is
+  fixed and reshuffled every epoch.
+"""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import Sampler
+
+from detectron2.config import CfgNode
+from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+__all__ = ["REPEAT_ROUNDINGS", "RepeatFactorSampler", "build_epoch_sampler"]
+
+REPEAT_ROUNDINGS = ("stochastic", "ceil")
+
+
+class RepeatFactorSampler(RepeatFactorTrainingSampler):
+    """
+    detectron2's RepeatFactorTrainingSampler with ``rounding`` "stochastic" (its own, the same index stream) or
+    "ceil". Like it, an infinite stream of shuffled epochs, the same on every process for the same ``seed``, of
+    which each process takes every world-size-th index.
+    """
+
+    def __init__(self, repeat_factors: Tensor, *, rounding: str = "stochastic", shuffle: bool = True, seed=None):
+        """
+        Args:
+            repeat_factors: (N,) float factor of each image, from
+                :meth:`RepeatFactorTrainingSampler.repeat_factors_from_category_frequency`.
+            rounding: one of :data:`REPEAT_ROUNDINGS`.
+        """
+        if rounding not in REPEAT_ROUNDINGS:
+            raise ValueError(f"DATALOADER.REPEAT_ROUNDING must be one of {REPEAT_ROUNDINGS}, got {rounding!r}")
+        super().__init__(repeat_factors, shuffle=shuffle, seed=seed)
+        self.rounding = rounding
+        self._repeats = torch.ceil(repeat_factors).long()  # (N,), used by "ceil"
+        # float64, so that the expected size of a large set does not depend on the order of a float32 sum
+        self._expected_size = repeat_factors.double().sum().item()
+
+    @property
+    def epoch_size(self) -> float:
+        """Images per epoch: exact (an int) for "ceil", expected for "stochastic"."""
+        return int(self._repeats.sum()) if self.rounding == "ceil" else self._expected_size
+
+    def _get_epoch_indices(self, generator: torch.Generator) -> Tensor:
+        if self.rounding == "stochastic":
+            return super()._get_epoch_indices(generator)
+        return torch.repeat_interleave(torch.arange(len(self._repeats)), self._repeats)
+
+
+def build_epoch_sampler(cfg: CfgNode, dataset: List[Dict]) -> Tuple[Optional[Sampler], Optional[float]]:
+    """
+    The training sampler of DATALOADER.SAMPLER_TRAIN over ``dataset`` (detectron2's records, as its training loader
+    reads them) where it has epochs, and its epoch size (images per epoch, expected for stochastic rounding).
+    Returns (None, len(dataset)) for "TrainingSampler" and (None, None) for samplers without epochs: detectron2's
+    loader then builds them.
+    """
+    name = cfg.DATALOADER.SAMPLER_TRAIN
+    if name == "TrainingSampler":
+        return None, len(dataset)
+    if name != "RepeatFactorTrainingSampler":
+        return None, None
+    factors = RepeatFactorSampler.repeat_factors_from_category_frequency(
+        dataset, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
+    )
+    sampler = RepeatFactorSampler(factors, rounding=cfg.DATALOADER.REPEAT_ROUNDING, seed=cfg.SEED)
+    return sampler, sampler.epoch_size

@@ -1,0 +1,192 @@
+"""
+The project's checkpointer: detectron2's, with crash-safe writes, safe reads, weights that must fit the model,
+and resuming from the newest checkpoint that can be read.
+"""
+import logging
+import os
+import socket
+from collections import defaultdict
+from typing import Dict, List, Sequence, Tuple
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+from ..errors import ConfigError
+from ..safe_loading import UnreadableFileError, check_pickle_file, load_torch_file
+
+__all__ = ["EFLCheckpointer", "WeightsMismatchError"]
+
+logger = logging.getLogger(__name__)
+
+# State an EFL detector keeps beyond a focal-loss RetinaNet's: the statistics and the loss normaliser. It is
+# training state (predictions do not depend on it), so weights without it fit, and it starts afresh.
+_EFL_STATE = ("pos_grad", "neg_grad", "pos_neg", "loss_normalizer")
+# Marks the temporary files of a write in progress; never read as checkpoints.
+_PARTIAL = ".partial-"
+# How many groups of keys a mismatch message lists.
+_LISTED = 12
+
+
+class WeightsMismatchError(ConfigError):
+    """Weights that do not fill the model exactly: keys missing or left over, or tensors of other shapes."""
+
+
+def _is_efl_state(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in _EFL_STATE
+
+
+class EFLCheckpointer(DetectionCheckpointer):
+    """
+    - **Writing.** A checkpoint is written under a temporary name unique to the process (host and pid) and renamed
+      into place, and ``last_checkpoint`` is replaced atomically after it: an interrupted write never leaves
+      ``last_checkpoint`` naming a broken file, and two processes never write the same temporary file.
+    - **Reading.** ``.pth`` files are read with ``weights_only=True`` and ``.pkl`` files only when they hold nothing
+      but dicts and numpy arrays (:mod:`efl.safe_loading`), unless ``trust_pickle``. A file that cannot be read
+      stops with a message that names it.
+    - **Fit.** Weights must fill the model exactly: no key missing or left over, no other shape. Otherwise loading
+      stops with one message listing what does not fit, unless ``allow_partial`` (fine-tuning from a detector
+      trained on other classes), or the weights are an ImageNet backbone (detectron2's ``matching_heuristics``
+      files), which load partially as in detectron2. EFL's state is exempt: weights without it (a focal-loss
+      model) load, with one message saying that the statistics start afresh.
+    - **Resuming** starts from ``last_checkpoint``'s file, or, when that is missing or unreadable, from the newest
+      readable checkpoint in the directory, with a warning naming the one passed over.
+    """
+
+    def __init__(self, model, save_dir: str = "", *, allow_partial: bool = False, trust_pickle: bool = False, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.allow_partial = allow_partial
+        self.trust_pickle = trust_pickle
+        self._tagging_allowed = True
+        self._path = None
+
+    # ----- writing
+
+    @staticmethod
+    def _temporary_suffix() -> str:
+        return f"{_PARTIAL}{socket.gethostname()}-{os.getpid()}"
+
+    def save(self, name: str, **kwargs) -> None:
+        # The parent writes <name><suffix>.pth and would tag it; the tag waits until the file is in place.
+        temporary = name + self._temporary_suffix()
+        self._tagging_allowed = False
+        try:
+            super().save(temporary, **kwargs)
+        finally:
+            self._tagging_allowed = True
+        if not self.save_dir or not self.save_to_disk:
+            return
+        basename = f"{name}.pth"
+        os.replace(os.path.join(self.save_dir, f"{temporary}.pth"), os.path.join(self.save_dir, basename))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not self._tagging_allowed:
+            return
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        temporary = tag + self._temporary_suffix()
+        with open(temporary, "w") as f:
+            f.write(last_filename_basename)
+        os.replace(temporary, tag)
+
+    def get_all_checkpoint_files(self) -> List[str]:
+        return [f for f in super().get_all_checkpoint_files() if _PARTIAL not in os.path.basename(f)]
+
+    # ----- reading
+
+    def load(self, path: str, *args, **kwargs):
+        self._path = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._path = None
+            # detectron2 resets it only when loading succeeds; a failed load would make the next one assert
+            self._parsed_url_during_load = None
+
+    def _load_file(self, filename: str):
+        if filename.endswith(".pkl") and not self.trust_pickle:
+            check_pickle_file(filename)  # then detectron2 unpickles it
+        return super()._load_file(filename)
+
+    def _torch_load(self, f: str):
+        return load_torch_file(f, trust_pickle=self.trust_pickle)
+
+    # ----- fit
+
+    def _load_model(self, checkpoint):
+        backbone_only = checkpoint.get("matching_heuristics", False)
+        incompatible = super()._load_model(checkpoint)
+        # A tensor of another shape is left out of the load, so it is reported missing too: list it once.
+        reshaped = {k for k, _, _ in incompatible.incorrect_shapes}
+        efl_missing = [k for k in incompatible.missing_keys if _is_efl_state(k)]
+        for key in efl_missing + [k for k in incompatible.missing_keys if k in reshaped and not _is_efl_state(k)]:
+            incompatible.missing_keys.remove(key)
+        for key in [k for k in incompatible.unexpected_keys if _is_efl_state(k)]:
+            incompatible.unexpected_keys.remove(key)  # EFL state of an EFL model, loaded into a focal-loss one
+        for entry in [e for e in incompatible.incorrect_shapes if _is_efl_state(e[0])]:
+            incompatible.incorrect_shapes.remove(entry)  # another class count, reported by the classifier's shape
+        misfit = bool(incompatible.missing_keys or incompatible.unexpected_keys or incompatible.incorrect_shapes)
+        if misfit and not (self.allow_partial or backbone_only):
+            raise WeightsMismatchError(
+                f"the weights {self._path} do not fit the model ({_describe(incompatible)}): check that the config "
+                "(MODEL.META_ARCHITECTURE, MODEL.RETINANET.NUM_CLASSES, ...) is the one they were trained with, or "
+                "set MODEL.ALLOW_PARTIAL_WEIGHTS True to load what fits (fine-tuning)"
+            )
+        if misfit and not backbone_only:
+            logger.warning(
+                f"MODEL.ALLOW_PARTIAL_WEIGHTS: {self._path} was loaded partially ({_describe(incompatible)}); "
+                "the parameters it lacks keep their initial values"
+            )
+        if efl_missing:
+            origin = "" if misfit else ": a model trained without EFL (focal loss)"
+            logger.warning(
+                f"The weights have no EFL state ({', '.join(efl_missing)}){origin}. The EFL statistics start from "
+                "their initial values (g = 1, so EFL starts as focal loss), and the loss normaliser from its "
+                "initial value."
+            )
+        return incompatible
+
+    # ----- resuming
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        if not (resume and self.has_checkpoint()):
+            return super().resume_or_load(path, resume=resume)
+        tagged = self.get_checkpoint_file()
+        if tagged and not os.path.isfile(tagged):
+            logger.warning(f"{os.path.join(self.save_dir, 'last_checkpoint')} names {tagged}, which does not exist")
+        candidates = [tagged] if os.path.isfile(tagged) else []
+        others = sorted(set(self.get_all_checkpoint_files()) - set(candidates), key=os.path.getmtime, reverse=True)
+        for candidate in candidates + others:
+            try:
+                return self.load(candidate)
+            except UnreadableFileError as e:
+                logger.warning(f"Cannot resume from {candidate}, trying the next newest checkpoint: {e}")
+        raise ConfigError(
+            f"--resume: {self.save_dir} has no readable checkpoint: remove its last_checkpoint file to start from "
+            "MODEL.WEIGHTS instead"
+        )
+
+
+def _describe(incompatible) -> str:
+    parts = []
+    if incompatible.missing_keys:
+        parts.append(f"missing in the weights: {_grouped(incompatible.missing_keys)}")
+    if incompatible.unexpected_keys:
+        parts.append(f"not in the model: {_grouped(incompatible.unexpected_keys)}")
+    if incompatible.incorrect_shapes:
+        shapes = [f"{k} {tuple(a)} in the weights, {tuple(b)} in the model" for k, a, b in incompatible.incorrect_shapes]
+        parts.append(f"other shapes: {'; '.join(shapes[:_LISTED])}{'; ...' if len(shapes) > _LISTED else ''}")
+    return "; ".join(parts)
+
+
+def _grouped(keys: Sequence[str]) -> str:
+    """``a.b.{weight, bias}, c.d`` for keys a.b.weight, a.b.bias, c.d: compact and complete up to _LISTED groups."""
+    groups: Dict[str, List[str]] = defaultdict(list)
+    for key in keys:
+        prefix, _, leaf = key.rpartition(".")
+        groups[prefix].append(leaf)
+    items: List[Tuple[str, List[str]]] = list(groups.items())
+    shown = [
+        (f"{prefix}." if prefix else "") + (leaves[0] if len(leaves) == 1 else f"{{{', '.join(leaves)}}}")
+        for prefix, leaves in items[:_LISTED]
+    ]
+    more = len(items) - _LISTED
+    return f"{len(keys)} keys: {', '.join(shown)}" + (f" and {more} more groups" if more > 0 else "")

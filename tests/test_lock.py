@@ -1,0 +1,68 @@
+"""One run per OUTPUT_DIR: a second run stops with a message; the lock of a killed run is taken over."""
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import DEMO_CONFIG, REPO, SMALL_OPTS
+from efl.engine import OutputDirInUseError, OutputDirLock
+from test_train_net import assert_stops_with
+
+HOLD_LOCK = "import sys, time; from efl.engine import OutputDirLock; OutputDirLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"  # noqa: E501
+
+
+def test_a_second_holder_is_refused_with_the_owner_named(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputDirInUseError, match=f"in use by another run \\(pid {holder.pid} on host"):
+            OutputDirLock(str(tmp_path)).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel released the killed holder's lock; its file is left behind and taken over
+    with OutputDirLock(str(tmp_path)) as lock:
+        assert json.loads(open(lock.path).read())["pid"] == os.getpid()
+    assert not os.path.exists(lock.path)
+
+
+def test_a_stale_lock_file_is_taken_over_with_a_warning(tmp_path, caplog):
+    (tmp_path / OutputDirLock.FILENAME).write_text(json.dumps({"pid": 999999, "host": "elsewhere", "command": "x"}))
+    with caplog.at_level(logging.WARNING):
+        with OutputDirLock(str(tmp_path)):
+            pass
+    assert any("Taking over" in r.getMessage() and "pid 999999 on host elsewhere" in r.getMessage() for r in caplog.records)
+
+
+def test_two_runs_on_one_output_dir(tmp_path):
+    """A real run holds OUTPUT_DIR; a second one stops at once with one line; after the first is killed, a third
+    takes the directory over and ends cleanly."""
+    command = [
+        sys.executable, str(REPO / "train_net.py"), "--config-file", str(DEMO_CONFIG), *SMALL_OPTS,
+        "DATASETS.TEST", "()", "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", str(tmp_path),
+    ]  # fmt: skip
+    first = subprocess.Popen(
+        command + ["SOLVER.MAX_ITER", "100000"], cwd=REPO, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        lock_file = tmp_path / OutputDirLock.FILENAME
+        deadline = time.monotonic() + 300
+        while not (lock_file.exists() and lock_file.read_text()):
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert_stops_with(second, f"is in use by another run (pid {first.pid} on host")
+        assert first.poll() is None
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    third = subprocess.run(command + ["SOLVER.MAX_ITER", "2"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"Taking over {lock_file}" in third.stderr and f"pid {first.pid}" in third.stderr
+    assert (tmp_path / "model_final.pth").exists() and not lock_file.exists()

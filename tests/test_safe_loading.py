@@ -1,0 +1,107 @@
+"""A crafted file that would run code when unpickled is refused everywhere, unless --trust-pickle says otherwise."""
+import pickle
+import subprocess
+import sys
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+from detectron2.modeling import build_model
+
+from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, small_cfg
+from efl.engine import EFLCheckpointer
+from efl.safe_loading import UnreadableFileError, UnsafeFileError, check_pickle_file, load_torch_file
+from test_train_net import assert_stops_with, train_net
+
+
+class CreatesMarker:
+    """Unpickling it creates the file ``path``: the harmless stand-in for any code an attacker would run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture
+def marker(tmp_path):
+    return tmp_path / "MARKER"
+
+
+def hostile(path, marker, fmt):
+    """A checkpoint-looking file (weights under "model") with a payload beside them, in format ``fmt``."""
+    if fmt == "pkl":
+        with open(path, "wb") as f:
+            pickle.dump({"model": {"w": np.zeros(2)}, "__author__": "x", "payload": CreatesMarker(marker)}, f)
+    else:
+        torch.save(
+            {"model": {"w": torch.zeros(2)}, "payload": CreatesMarker(marker)},
+            path,
+            _use_new_zipfile_serialization=fmt == "zip",
+        )
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_load_torch_file_refuses_a_payload_and_names_it(tmp_path, marker, fmt):
+    path = hostile(tmp_path / "evil.pth", marker, fmt)
+    with pytest.raises(UnsafeFileError, match=r"io\.open.*--trust-pickle"):
+        load_torch_file(str(path))
+    assert not marker.exists()
+    load_torch_file(str(path), trust_pickle=True)
+    assert marker.exists()  # the opt-in really unpickles: the test file is as hostile as it claims
+
+
+def test_pickle_check_refuses_a_payload_and_passes_model_zoo_pickles(tmp_path, marker):
+    path = hostile(tmp_path / "evil.pkl", marker, "pkl")
+    with pytest.raises(UnsafeFileError, match=r"io\.open"):
+        check_pickle_file(str(path))
+    assert not marker.exists()
+    # detectron2's model-zoo files: dicts of numpy arrays, written with any pickle protocol
+    weights = {"model": OrderedDict(w=np.ones((2, 3), np.float32), n=np.int64(3)), "__author__": "zoo", "matching_heuristics": True}
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        (tmp_path / "zoo.pkl").write_bytes(pickle.dumps(weights, protocol=protocol))
+        check_pickle_file(str(tmp_path / "zoo.pkl"))
+    (tmp_path / "zoo.pkl").write_bytes(pickle.dumps(weights)[:-20])
+    with pytest.raises(UnreadableFileError, match="truncated"):
+        check_pickle_file(str(tmp_path / "zoo.pkl"))
+
+
+@pytest.mark.parametrize("fmt", ["zip", "pkl"])
+def test_checkpointer_refuses_a_payload(tmp_path, marker, fmt):
+    path = hostile(tmp_path / f"evil.{'pkl' if fmt == 'pkl' else 'pth'}", marker, fmt)
+    with pytest.raises(UnsafeFileError):
+        EFLCheckpointer(build_model(small_cfg())).load(str(path))
+    assert not marker.exists()
+
+
+def test_checkpointer_loads_an_imagenet_style_pkl_partially(tmp_path):
+    """A backbone-only .pkl in detectron2's converted-torchvision layout loads (partially, as in detectron2)."""
+    model = build_model(small_cfg())
+    backbone = {k[len("backbone.bottom_up."):]: v.numpy() for k, v in model.state_dict().items() if k.startswith("backbone.bottom_up.")}
+    backbone = {k: np.full_like(v, 0.5) for k, v in backbone.items()}
+    with open(tmp_path / "R-18.pkl", "wb") as f:
+        pickle.dump({"model": backbone, "__author__": "torchvision", "matching_heuristics": True}, f)
+    EFLCheckpointer(model).load(str(tmp_path / "R-18.pkl"))
+    assert torch.all(model.backbone.bottom_up.stem.conv1.weight == 0.5)
+
+
+def test_tools_refuse_a_payload(tmp_path, marker):
+    path = hostile(tmp_path / "evil.pth", marker, "zip")
+    for tool, extra in (("convert_released_checkpoint.py", [str(tmp_path / "out.pth")]), ("plot_efl_stats.py", ["--dataset", "efl_synth_test_train"])):
+        run = subprocess.run(
+            [sys.executable, str(REPO / "tools" / tool), str(path), *extra], capture_output=True, text=True, cwd=REPO
+        )
+        assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+        assert "--trust-pickle" in run.stderr and "io.open" in run.stderr
+    assert not marker.exists()
+
+
+def test_eval_only_refuses_a_payload_in_one_line(tmp_path, marker):
+    path = hostile(tmp_path / "evil.pth", marker, "zip")
+    run = train_net("--config-file", DEMO_CONFIG, "--eval-only", *SMALL_OPTS, "MODEL.WEIGHTS", path, "OUTPUT_DIR", tmp_path / "out")
+    assert_stops_with(run, "io.open", "--trust-pickle")
+    assert not marker.exists() and "weights_only=False" not in run.stderr

@@ -1,0 +1,68 @@
+"""Weights must fit the model: --eval-only refuses others with one message; MODEL.ALLOW_PARTIAL_WEIGHTS loads what fits."""
+import logging
+
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, small_cfg
+from efl import add_efl_config
+from efl.engine import EFLCheckpointer, WeightsMismatchError
+from test_train_net import assert_stops_with, train_net
+
+IMPROVED_CONFIG = REPO / "configs" / "Synthetic" / "improved_R_18_demo_efl.yaml"
+
+
+def improved_model():
+    cfg = get_cfg()
+    add_efl_config(cfg)
+    cfg.merge_from_file(str(IMPROVED_CONFIG))
+    cfg.merge_from_list(SMALL_OPTS)
+    return build_model(cfg)
+
+
+@pytest.fixture(scope="module")
+def improved_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("improved") / "improved.pth"
+    torch.save({"model": improved_model().state_dict()}, path)
+    return str(path)
+
+
+def test_weights_of_another_architecture_are_refused_with_what_does_not_fit(improved_weights):
+    with pytest.raises(WeightsMismatchError) as error:
+        EFLCheckpointer(build_model(small_cfg())).load(improved_weights)
+    message = str(error.value)
+    assert "\n" not in message and improved_weights in message
+    assert "not in the model: 6 keys: head.iou_pred.{weight, bias}" in message  # grouped: the IoU branch, ...
+    assert "backbone.top_block.p6.weight (64, 64, 3, 3) in the weights, (64, 512, 3, 3) in the model" in message
+    assert "MODEL.ALLOW_PARTIAL_WEIGHTS True" in message and "focal" not in message
+
+
+def test_weights_for_another_class_count_are_refused_with_the_shapes(tmp_path):
+    source = build_model(small_cfg("MODEL.RETINANET.NUM_CLASSES", "5", "DATASETS.TRAIN", "()"))
+    torch.save({"model": source.state_dict()}, tmp_path / "five.pth")
+    with pytest.raises(WeightsMismatchError) as error:
+        EFLCheckpointer(build_model(small_cfg())).load(str(tmp_path / "five.pth"))
+    # 3 anchors per location: 3 x 5 classifier channels in the weights, 3 x 8 in the model
+    assert str(error.value).count(" in the weights, ") == 2 and "missing" not in str(error.value)
+    assert "head.cls_score.weight (15, 64, 3, 3) in the weights, (24, 64, 3, 3) in the model" in str(error.value)
+
+
+def test_partial_loading_when_allowed_says_what_it_did(improved_weights, caplog):
+    model = build_model(small_cfg())
+    with caplog.at_level(logging.WARNING):
+        EFLCheckpointer(model, allow_partial=True).load(improved_weights)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("efl")]
+    assert any("loaded partially" in m and "keep their initial values" in m for m in messages), messages
+    efl_state = [m for m in messages if "EFL state" in m]
+    assert len(efl_state) == 1 and "loss_normalizer" in efl_state[0] and "without EFL" not in efl_state[0]
+    source = torch.load(improved_weights, weights_only=True)["model"]
+    assert torch.equal(model.state_dict()["cls_loss.pos_neg"], source["cls_loss.pos_neg"])
+
+
+def test_eval_only_with_weights_that_do_not_fit_stops_in_one_line(improved_weights, tmp_path):
+    run = train_net("--config-file", DEMO_CONFIG, "--eval-only", *SMALL_OPTS, "MODEL.WEIGHTS", improved_weights, "OUTPUT_DIR", tmp_path)
+    assert_stops_with(run, "do not fit the model", "MODEL.ALLOW_PARTIAL_WEIGHTS")
+    assert not (tmp_path / "inference").exists()
