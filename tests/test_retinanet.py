@@ -53,7 +53,7 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 
 TWO_SIZES = [[16, 24], [32, 48], [64, 96], [128, 192], [256, 384]]
 ANCHORS = {  # anchors per location -> config: 2 as the improved baseline, 3 and 9 as RetinaNet
-    2: ("MODEL.ANCHOR_GENERATOR.SIZES", TWO_SIZES),
+    2: ("MODEL.ANCHOR_GENERATOR.SIZES", TWO_SIZES, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [[1.0]]),
     3: ("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [[1.0]]),
     9: ("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [[0.5, 1.0, 2.0]]),
 }
