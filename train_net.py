@@ -129,8 +129,8 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trust-pickle",
         action="store_true",
-        help="load MODEL.WEIGHTS even when it holds objects other than weights, whose unpickling runs code from "
-        "the file: only for files whose origin you trust",
+        help="load MODEL.WEIGHTS (train.init_checkpoint) even when it holds objects other than weights, whose "
+        "unpickling runs code from the file: only for files whose origin you trust",
     )
     return parser
 
