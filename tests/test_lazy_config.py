@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler, build_optimizer
+from detectron2.utils.events import EventStorage
 
 from conftest import REPO
 from efl import EFLFCOS, EFLRetinaNet, add_efl_config, lvis_frequency_groups
@@ -17,6 +18,7 @@ from efl.checks import ConfigError, check_lazy_config
 from efl.config_keys import LAZY_KEYS
 from efl.data.samplers import RepeatFactorSampler
 from efl.engine import OutputDirLock
+from efl.engine.lazy import build_lazy_trainer
 from efl.lazy_config import load_lazy_config
 from test_custom_dataset import own_data  # noqa: F401 (a fixture)
 from test_train_net import assert_stops_with, read_results, train_net
@@ -351,3 +353,15 @@ def test_a_mistake_in_an_own_dataset_is_found_before_any_process_starts(own_data
     )  # fmt: skip
     assert_stops_with(run, f"{bad}: annotations[3]", "has category_id 7777, which is not in 'categories'")
     assert "Command Line Args" not in run.stdout
+
+
+def test_the_training_loader_checks_the_annotations_classes_instead_of_the_model():
+    """As on the yacs path: the loader refuses a class outside [0, model.num_classes), naming the image and the
+    setting, and the model leaves its own check (a read of its classes each step) to it."""
+    cfg = load_lazy_config(str(TINY), ["model.num_classes=1", "model.frequency_groups=null"])
+    trainer, _, _ = build_lazy_trainer(cfg)
+    assert trainer.model.check_gt_classes is False
+    message = r"Training image '.+' has annotations of classes \[.*\], outside \[0, 1\).*\(model.num_classes is 1\)"
+    with EventStorage(), pytest.raises(ValueError, match=message):
+        for _ in range(20):  # until the first image with a class other than 0
+            trainer.run_step()

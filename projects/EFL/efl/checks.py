@@ -29,7 +29,7 @@ from .lazy_config import calls, lazy_dataset_names, lazy_lr_schedule
 from .losses import check_efl_hyperparameters
 from .modeling import CLS_LOSSES
 
-__all__ = ["ConfigError", "check_config", "check_lazy_config", "naming_malformed_dataset_files"]
+__all__ = ["ConfigError", "check_config", "check_lazy_config"]
 
 
 def check_config(

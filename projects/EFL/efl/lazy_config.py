@@ -189,6 +189,20 @@ def _is_call(node) -> bool:
     return isinstance(node, DictConfig) and "_target_" in node
 
 
+def _target_of(node):
+    """
+    The object a LazyCall node calls (its ``_target_``, located when given by name); None for any other node and
+    for a name that cannot be found (instantiate reports it).
+    """
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if isinstance(target, str):
+        try:
+            return locate(target)
+        except Exception:
+            return None
+    return target
+
+
 def _keywords_of(node) -> Optional[Set[str]]:
     """
     The keyword arguments that a LazyCall node's target takes: an empty set for a node that is not a call, None for
@@ -196,12 +210,9 @@ def _keywords_of(node) -> Optional[Set[str]]:
     """
     if not _is_call(node):
         return set()
-    target = node._target_
-    if isinstance(target, str):
-        try:
-            target = locate(target)
-        except Exception:
-            return None
+    target = _target_of(node)
+    if target is None:
+        return None
     if isinstance(target, type):
         # A constructor that passes **kwargs on takes those of the next __init__ in the method resolution order.
         names: Set[str] = set()
@@ -280,12 +291,7 @@ def calls(node, obj, exactly: bool = False) -> bool:
     Whether ``node`` is a LazyCall of ``obj`` (its ``_target_`` given as the object or by name), or, for a class,
     unless ``exactly``, of a subclass of it.
     """
-    target = node.get("_target_") if isinstance(node, DictConfig) else None
-    if isinstance(target, str):
-        try:
-            target = locate(target)
-        except Exception:  # an unknown name: instantiate reports it
-            return False
+    target = _target_of(node)
     if isinstance(obj, type) and not exactly:
         return isinstance(target, type) and issubclass(target, obj)
     return target is obj

@@ -6,13 +6,7 @@ from .checkpoint import EFLCheckpointer, WeightsMismatchError, reset_efl_statist
 from .hooks import FULL_MODEL, FullModelGradientClipping, ReportNonFiniteStatistics, RevertStatisticsOfSkippedSteps
 from .launch import launch, launch_run
 from .lock import OutputDirInUseError, OutputDirLock
-from .schedule import (
-    EpochSchedule,
-    resolve_and_log_epoch_schedule,
-    resolve_epoch_schedule,
-    with_epoch_schedule,
-    with_lazy_epoch_schedule,
-)
+from .schedule import EpochSchedule, resolve_epoch_schedule, with_epoch_schedule, with_lazy_epoch_schedule
 
 __all__ = [
     "EFLCheckpointer",
@@ -27,7 +21,6 @@ __all__ = [
     "launch",
     "launch_run",
     "reset_efl_statistics",
-    "resolve_and_log_epoch_schedule",
     "resolve_epoch_schedule",
     "with_epoch_schedule",
     "with_lazy_epoch_schedule",

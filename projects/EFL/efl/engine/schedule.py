@@ -24,7 +24,6 @@ from ..lazy_config import lazy_lr_schedule
 
 __all__ = [
     "EpochSchedule",
-    "resolve_and_log_epoch_schedule",
     "resolve_epoch_schedule",
     "with_epoch_schedule",
     "with_lazy_epoch_schedule",
@@ -78,7 +77,7 @@ def _describe_epoch(images_per_epoch: float, rounding: Optional[str]) -> str:
     )
 
 
-def resolve_and_log_epoch_schedule(
+def _resolve_and_log_epoch_schedule(
     images_per_epoch: float,
     batch_size: int,
     max_epochs: float,
@@ -117,7 +116,7 @@ def with_epoch_schedule(cfg: CfgNode, images_per_epoch: Optional[float]) -> CfgN
             "TrainingSampler or RepeatFactorTrainingSampler, or count in iterations (SOLVER.MAX_EPOCHS 0)"
         )
     repeats = cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
-    schedule = resolve_and_log_epoch_schedule(
+    schedule = _resolve_and_log_epoch_schedule(
         images_per_epoch,
         solver.IMS_PER_BATCH,
         solver.MAX_EPOCHS,
@@ -154,7 +153,7 @@ def with_lazy_epoch_schedule(cfg: DictConfig, images_per_epoch: Optional[float],
             "train.max_epochs needs a training sampler with epochs: dataloader.train.sampler a TrainingSampler (or "
             "none) or an efl.data.samplers.RepeatFactorSampler, or count in iterations (train.max_epochs=null)"
         )
-    schedule = resolve_and_log_epoch_schedule(
+    schedule = _resolve_and_log_epoch_schedule(
         images_per_epoch,
         cfg.dataloader.train.total_batch_size,
         max_epochs,
