@@ -8,11 +8,11 @@ Train and evaluate EFL (and focal-loss baseline) detectors with detectron2.
     python train_net.py --config-file configs/LVISv1/fcos_R_50_FPN_24ep_efl.py --num-gpus 8 train.max_iter=1000
 
 A .py file is a LazyConfig (overrides as key=value), trained by efl.engine.lazy; a .yaml file a yacs config
-(overrides as KEY VALUE), trained by the Trainer below. The config is built and checked once, in this process,
-before any worker process starts; this process (on machine 0) holds OUTPUT_DIR's lock until the run ends.
+(overrides as KEY VALUE), trained by the Trainer below. Either config is built and checked once, in this process,
+before any worker process starts; this process (on machine 0) holds the output directory's lock until the run
+ends.
 """
 import argparse
-import contextlib
 import logging
 import sys
 import weakref
@@ -32,22 +32,25 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from efl import ConfigError, build_evaluator, check_config
-from efl.checks import naming_malformed_dataset_files
+from efl.checks import check_lazy_config
 from efl.config import load_config
-from efl.data import register_datasets
+from efl.config_keys import LAZY_KEYS, YACS_KEYS
+from efl.data import naming_malformed_dataset_files, register_datasets
 from efl.data.train_loader import build_resumable_train_loader
 from efl.data.transforms import build_test_loader
 from efl.engine import (
     FULL_MODEL,
     EFLCheckpointer,
     FullModelGradientClipping,
-    OutputDirLock,
     ReportNonFiniteStatistics,
     RevertStatisticsOfSkippedSteps,
-    launch,
-    launch_lazy_config,
+    launch_run,
+    reset_efl_statistics,
     with_epoch_schedule,
 )
+from efl.engine import lazy
+from efl.lazy_config import load_lazy_config
+from efl.modeling.efl_detector import leave_class_check_to_the_loader
 
 
 class Trainer(DefaultTrainer):
@@ -55,7 +58,8 @@ class Trainer(DefaultTrainer):
         # DefaultTrainer.__init__, with five differences:
         # - DistributedDataParallel gets device_ids only on GPUs (DDP refuses them for a model on the CPU, which is
         #   how CPU/gloo training runs);
-        # - the training sampler is resumable (see resume_or_load) and skips unreadable images;
+        # - the training loader is resumable (see resume_or_load), skips unreadable images and checks every
+        #   annotation's class (so the model need not check its ground-truth classes each step);
         # - a schedule in epochs (SOLVER.MAX_EPOCHS) is resolved into iterations from the training set's size;
         # - the step-running trainer gets the hooks that must run between backward and the optimizer step:
         #   SOLVER.CLIP_GRADIENTS of type "full_model", and under AMP the undoing of EFL statistics of skipped steps;
@@ -68,6 +72,7 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader, self._train_sampler = build_resumable_train_loader(cfg)
+        leave_class_check_to_the_loader(model)
         # SOLVER.MAX_EPOCHS: MAX_ITER, STEPS and WARMUP_ITERS from the data, for everything built below
         cfg = with_epoch_schedule(cfg, self._train_sampler.epoch_size)
         on_gpu = next(model.parameters()).device.type == "cuda"
@@ -100,10 +105,7 @@ class Trainer(DefaultTrainer):
         self._train_sampler.skip = self.start_iter * (self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
         resumed = resume and self.checkpointer.has_checkpoint()
         if self.cfg.MODEL.EFL.RESET_STATISTICS and not resumed:
-            getattr(self.model, "module", self.model).reset_statistics()
-            logging.getLogger(__name__).info(
-                "MODEL.EFL.RESET_STATISTICS: the EFL statistics start afresh (g = 1) after loading MODEL.WEIGHTS"
-            )
+            reset_efl_statistics(self.model, "MODEL.EFL.RESET_STATISTICS")
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -127,8 +129,8 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trust-pickle",
         action="store_true",
-        help="load MODEL.WEIGHTS even when it holds objects other than weights, whose unpickling runs code from "
-        "the file: only for files whose origin you trust",
+        help="load MODEL.WEIGHTS (train.init_checkpoint) even when it holds objects other than weights, whose "
+        "unpickling runs code from the file: only for files whose origin you trust",
     )
     return parser
 
@@ -163,29 +165,20 @@ def main(args, cfg: CfgNode):
 
 if __name__ == "__main__":
     args = argument_parser().parse_args()
-    if args.config_file.endswith(".py"):  # a LazyConfig: efl.engine.lazy trains and evaluates it
-        sys.exit(launch_lazy_config(args))
+    num_processes = args.num_gpus * args.num_machines
+    checks = dict(
+        eval_only=args.eval_only, resume=args.resume, num_processes=num_processes, trust_pickle=args.trust_pickle
+    )
     try:
         # Once, before any process starts: bad settings, data or weights stop here with a message.
-        cfg = build_config(args)
-        num_processes = args.num_gpus * args.num_machines
-        check_config(
-            cfg,
-            eval_only=args.eval_only,
-            resume=args.resume,
-            num_processes=num_processes,
-            trust_pickle=args.trust_pickle,
-        )
-        # One run per OUTPUT_DIR, held by this process, which outlives the workers (machine 0 writes the outputs).
-        with OutputDirLock(cfg.OUTPUT_DIR) if args.machine_rank == 0 else contextlib.nullcontext():
-            print("Command Line Args:", args)
-            launch(
-                main,
-                args.num_gpus,
-                num_machines=args.num_machines,
-                machine_rank=args.machine_rank,
-                dist_url=args.dist_url,
-                args=(args, cfg),
-            )
+        if args.config_file.endswith(".py"):  # a LazyConfig: efl.engine.lazy trains and evaluates it
+            cfg = load_lazy_config(args.config_file, args.opts, eval_only=args.eval_only)
+            register_datasets(cfg.dataloader.get("register") or ())
+            check_lazy_config(cfg, **checks)
+            launch_run(lazy.main, args, cfg, cfg.train.output_dir, LAZY_KEYS)
+        else:
+            cfg = build_config(args)
+            check_config(cfg, **checks)
+            launch_run(main, args, cfg, cfg.OUTPUT_DIR, YACS_KEYS)
     except ConfigError as e:  # also one found inside a worker process, e.g. an unreadable checkpoint
         sys.exit(f"train_net.py: error: {e}")

@@ -1,6 +1,7 @@
 """
 No per-step host syncs of our own: a training step of every EFL detector reads no tensor value back to the host
-outside detectron2's own code (listed below), and the loss still refuses bad labels where it is called directly.
+outside detectron2's own code (listed below) when trained as train_net.py trains it (its loader checks the
+annotations' classes); the loss, and a detector trained on another loader, still refuse bad labels.
 Counted on the CPU with benchmarks/host_syncs.py, as host reads of tensor values (what would sync on CUDA).
 """
 import sys
@@ -16,6 +17,10 @@ from conftest import REPO, small_cfg
 from efl import EqualizedFocalLoss, EqualizedQualityFocalLoss
 from efl.data.train_loader import CheckAnnotatedClasses
 from efl.losses import torch_kernel
+from efl.modeling.efl_detector import leave_class_check_to_the_loader
+from test_fcos import BOXES as FCOS_BOXES
+from test_fcos import build as build_fcos
+from test_fcos import make_inputs as make_fcos_inputs
 from test_kernels import dense_problem
 from test_retinanet import make_inputs
 
@@ -31,6 +36,15 @@ DETECTRON2_READS = {
     ("detectron2/modeling/box_regression.py", "_dense_box_regression_loss"),  # positives by boolean mask
     (BACKWARD, "IndexBackward0"),  # the backward of that boolean-mask indexing
 }
+# FCOS's own: its box loss, fvcore's GIoU of the positives taken by boolean mask (fvcore asserts on the boxes and
+# indexes by boolean masks too). EFLFCOS's centerness loss uses masks instead of FCOS's boolean-mask indexing.
+FCOS_READS = {
+    ("detectron2/structures/image_list.py", "from_tensors"),
+    ("detectron2/modeling/box_regression.py", "_dense_box_regression_loss"),
+    ("fvcore/nn/giou_loss.py", "giou_loss"),
+    (BACKWARD, "IndexBackward0"),
+    (BACKWARD, "IndexPutBackward0"),
+}
 INPUTS = [([[10, 10, 40, 50], [50, 20, 90, 60]], [1, 4]), ([[20, 20, 80, 80]], [6])]
 MODELS = {
     "EFLRetinaNet": (),
@@ -43,26 +57,41 @@ MODELS = {
 }  # fmt: skip
 
 
-def host_reads_of_a_step(opts, iteration):
+def step_model(name):
+    """A model of MODELS or EFLFCOS (built by detectron2's FCOS config), in training mode, and a batch for it."""
     torch.manual_seed(0)
-    model = build_model(small_cfg(*opts)).train()
-    inputs = make_inputs(INPUTS)
+    if name == "EFLFCOS":
+        return build_fcos(), make_fcos_inputs(FCOS_BOXES)
+    return build_model(small_cfg(*MODELS[name])).train(), make_inputs(INPUTS)
+
+
+def host_reads_of_a_step(name, iteration, loader_checks_classes=True):
+    model, inputs = step_model(name)
+    if loader_checks_classes:
+        leave_class_check_to_the_loader(model)  # as train_net.py's trainers do
     with EventStorage(start_iter=iteration):
         with HostSyncs("cpu") as reads:
             sum(model(inputs).values()).backward()
     return reads
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", [*MODELS, "EFLFCOS"])
 def test_a_training_step_reads_nothing_back_outside_detectron2(model):
-    reads = host_reads_of_a_step(MODELS[model], iteration=1)
-    ours = [site for site in reads.sites if not site.path.startswith("detectron2") and site.path != BACKWARD]
+    reads = host_reads_of_a_step(model, iteration=1)
+    ours = [s for s in reads.sites if not s.path.startswith(("detectron2", "fvcore")) and s.path != BACKWARD]
     assert ours == []
-    assert set(reads.by_site()) <= DETECTRON2_READS
+    assert set(reads.by_site()) <= (FCOS_READS if model == "EFLFCOS" else DETECTRON2_READS)
+
+
+@pytest.mark.parametrize("model", ["EFLRetinaNet", "EFLFCOS"])
+def test_on_another_loader_a_detector_reads_its_classes_once_from_the_inputs(model):
+    reads = host_reads_of_a_step(model, iteration=1, loader_checks_classes=False)
+    ours = [(s.path, s.function) for s in reads.sites if s.path.startswith("efl")]
+    assert ours == [("efl/data/train_loader.py", "out_of_range_classes")]  # the inputs' (CPU) classes: no GPU sync
 
 
 def test_logging_iterations_read_the_logged_values_once():
-    reads = host_reads_of_a_step(MODELS["EFLRetinaNet"], iteration=20)
+    reads = host_reads_of_a_step("EFLRetinaNet", iteration=20)
     ours = {(s.path, s.function) for s in reads.sites if s.path.startswith("efl")}
     assert ours == {("efl/modeling/efl_detector.py", "log_efl_state")}
 
@@ -94,9 +123,12 @@ def test_unchecked_labels_above_c_act_as_background_and_below_minus_one_as_ignor
     assert torch.equal(loss(logits, torch.tensor([0, 7, -5, 3])), loss(logits, torch.tensor([0, 3, -1, 3])))
 
 
-def test_the_detectors_losses_leave_the_label_check_to_the_loader():
-    for opts in MODELS.values():
-        assert build_model(small_cfg(*opts)).cls_loss.check_labels is False
+def test_the_detectors_check_their_classes_and_leave_it_to_the_loader_when_told():
+    models = [build_model(small_cfg(*opts)) for opts in MODELS.values()] + [build_fcos()]
+    for model in models:
+        assert model.cls_loss.check_labels is False and model.check_gt_classes is True
+        leave_class_check_to_the_loader(model)
+        assert model.check_gt_classes is False
 
 
 def test_the_training_loader_refuses_an_annotation_of_an_unknown_class_naming_the_image():
@@ -136,11 +168,11 @@ def test_giou_loss_has_fvcores_values_and_gradients():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", [*MODELS, "EFLFCOS"])
 def test_cuda_training_step_syncs_only_in_detectron2(model):
-    torch.manual_seed(0)
-    model = build_model(small_cfg(*MODELS[model], "MODEL.DEVICE", "cuda")).train()
-    inputs = make_inputs(INPUTS)
+    model, inputs = step_model(model)
+    model = model.cuda()
+    leave_class_check_to_the_loader(model)
     with EventStorage(start_iter=0) as storage:
         for iteration in (1, 2):  # the first call checks and tunes the Triton kernel
             storage.iter = iteration

@@ -1,6 +1,7 @@
 """train_net.py with LazyConfig (.py) files: training, evaluation, --eval-only, --resume and overrides on the synthetic
 FCOS config; the LVIS v1 LazyConfigs against their yacs twin; one-line messages for configs that cannot run."""
 import json
+import os
 
 import pytest
 import torch
@@ -9,11 +10,17 @@ from omegaconf import OmegaConf
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler, build_optimizer
+from detectron2.utils.events import EventStorage
 
 from conftest import REPO
 from efl import EFLFCOS, EFLRetinaNet, add_efl_config, lvis_frequency_groups
-from efl.checks import ConfigError
-from efl.engine.lazy import load_lazy_config
+from efl.checks import ConfigError, check_lazy_config
+from efl.config_keys import LAZY_KEYS
+from efl.data.samplers import RepeatFactorSampler
+from efl.engine import OutputDirLock
+from efl.engine.lazy import build_lazy_trainer
+from efl.lazy_config import load_lazy_config
+from test_custom_dataset import own_data  # noqa: F401 (a fixture)
 from test_train_net import assert_stops_with, read_results, train_net
 
 TINY = REPO / "tests" / "configs" / "fcos_tiny.py"  # the synthetic FCOS demo, shrunk
@@ -119,7 +126,7 @@ def test_lvis_retinanet_lazy_config_is_its_yaml_twin():
     for name in (
         "num_classes", "head_in_features", "smooth_l1_beta", "box_reg_loss_type", "focal_loss_alpha",
         "focal_loss_gamma", "test_score_thresh", "test_topk_candidates", "test_nms_thresh", "max_detections_per_image",
-        "input_format", "normalizer_momentum", "_normalizer_start",
+        "input_format", "normalizer_momentum", "normalizer_start",
     ):  # fmt: skip
         assert getattr(ours, name) == getattr(theirs, name), name
     assert ours.anchor_matcher.thresholds == theirs.anchor_matcher.thresholds
@@ -146,13 +153,17 @@ def test_lvis_retinanet_lazy_config_is_its_yaml_twin():
     loader = lazy.dataloader
     assert loader.train.dataset.names == cfg.DATASETS.TRAIN[0] and loader.test.dataset.names == cfg.DATASETS.TEST[0]
     assert loader.train.total_batch_size == cfg.SOLVER.IMS_PER_BATCH
-    assert "RepeatFactor" in cfg.DATALOADER.SAMPLER_TRAIN and loader.train.sampler._target_.__name__ == cfg.DATALOADER.SAMPLER_TRAIN
+    # the sampler that the yacs path builds for RepeatFactorTrainingSampler (efl.data.samplers.build_epoch_sampler)
+    assert cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler" and cfg.SOLVER.MAX_EPOCHS == 0
+    assert loader.train.sampler._target_ is RepeatFactorSampler and "max_epochs" not in lazy.train
+    assert loader.train.sampler.rounding == cfg.DATALOADER.REPEAT_ROUNDING
     assert loader.train.sampler.repeat_factors.repeat_thresh == cfg.DATALOADER.REPEAT_THRESHOLD
     resize = loader.train.mapper.augmentations[0]
     assert tuple(resize.short_edge_length) == cfg.INPUT.MIN_SIZE_TRAIN and resize.max_size == cfg.INPUT.MAX_SIZE_TRAIN
     test_resize = loader.test.mapper.augmentations[0]
     assert (test_resize.short_edge_length, test_resize.max_size) == (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     assert loader.evaluator.max_dets_per_image == cfg.TEST.DETECTIONS_PER_IMAGE
+    assert loader.evaluator.frequency_from == cfg.DATASETS.TRAIN[0]  # as efl.build_evaluator gives it
 
 
 def test_lvis_fcos_lazy_config():
@@ -169,3 +180,188 @@ def test_lvis_fcos_lazy_config():
     for node in ("dataloader", "optimizer", "lr_multiplier"):
         assert OmegaConf.to_container(lazy[node]) == OmegaConf.to_container(retinanet[node]), node
     assert lazy.train.max_iter == retinanet.train.max_iter == 150255
+
+
+# ----- the guarantees of the yacs path, for LazyConfigs: checks before any process starts, one-line messages
+
+EPOCHS = REPO / "tests" / "configs" / "fcos_tiny_epochs.py"
+
+
+def check(config=TINY, *overrides, **kwargs):
+    check_lazy_config(load_lazy_config(str(config), list(overrides), eval_only=kwargs.get("eval_only", False)), **kwargs)
+
+
+def test_a_misspelled_override_stops_in_one_line_before_any_process_starts(tmp_path):
+    run = train_net("--config-file", TINY, "model.num_clases=8", f"train.output_dir={tmp_path / 'out'}")
+    assert_stops_with(run, "unknown config key model.num_clases (did you mean model.num_classes")
+    assert "Command Line Args" not in run.stdout and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["trian.max_iter=3"], "unknown config key trian.max_iter (did you mean train.max_iter?)"),
+        (["model.backbone.bottom_up.frezee_at=2"], "did you mean model.backbone.bottom_up.freeze_at"),
+        (["train.clip_gradients.max_nrom=1"], "did you mean train.clip_gradients.max_norm"),
+        (["train.max_iter.x=1"], "train.max_iter is a value (3), not a group of keys"),
+        (["train.max_iter=[1,"], "cannot parse the override 'train.max_iter=[1,'"),
+        (["~train.seed"], "deleting a key is not supported"),
+    ],
+)
+def test_override_mistakes_are_refused(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_lazy_config(str(TINY), overrides)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_new_keys_are_accepted_where_the_config_takes_them():
+    cfg = load_lazy_config(
+        str(TINY),
+        [
+            "model.test_nms_thresh=0.4",  # a keyword argument of EFLFCOS (FCOS's), not in the config
+            "model.backbone.bottom_up.freeze_at=1",
+            "train.allow_partial_weights=true",  # this project's keys of train
+            "train.ddp.bucket_cap_mb=5",  # DistributedDataParallel's keyword arguments
+            "dataloader.register=[[mine,lvis,/data/mine.json,/data/images]]",
+            "+anything.at_all=1",  # Hydra's way to add a key
+        ],
+    )
+    assert cfg.model.test_nms_thresh == 0.4 and cfg.train.ddp.bucket_cap_mb == 5 and cfg.anything.at_all == 1
+    assert list(cfg.dataloader.register[0]) == ["mine", "lvis", "/data/mine.json", "/data/images"]
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("train = dict(max_iter=3\n", "SyntaxError: '(' was never closed ({path}, line 1)"),
+        ("x = 1\ntrain = dict(max_iter=foo)\n", "NameError: name 'foo' is not defined ({path}, line 2)"),
+        ("from .nowhere import train\n", "ImportError: "),
+    ],
+)
+def test_a_config_file_that_does_not_run_is_named_with_its_line(tmp_path, text, message):
+    path = tmp_path / "mine.py"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_lazy_config(str(path), [])
+    assert str(error.value).startswith(f"cannot load config file {path}: {message.format(path=path)}")
+
+
+@pytest.mark.parametrize(
+    "overrides,kwargs,message",
+    [
+        (["model.num_classes=5", "model.frequency_groups=null"], {},
+         "model.num_classes is 5 but dataset 'efl_synth_test_train' has 8 categories: set model.num_classes=8"),
+        ([], {"num_processes": 3}, "dataloader.train.total_batch_size 4 cannot be split evenly over 3 processes"),
+        (["train.max_iter=0"], {}, "train.max_iter must be at least 1 to train, got 0"),
+        (["dataloader.train.dataset.names=lvis_v2_train"], {},
+         "Dataset 'lvis_v2_train' is not registered. Built-in LVIS v1 names"),
+        (["train.max_epochs=2", "train.epoch_steps=[3]"], {}, "train.epoch_steps must increase within (0, "),
+        (["train.max_epochs=2", "train.epoch_steps=[1]"], {}, "train.epoch_steps needs lr_multiplier to be a Multi"),
+        (["train.max_epochs=2", "train.warmup_epochs=1"], {}, "train.warmup_epochs needs lr_multiplier to be a Warm"),
+        (["train.max_epochs=2", "+dataloader.train.sampler._target_=detectron2.data.samplers.InferenceSampler"], {},
+         "train.max_epochs needs a sampler with epochs"),
+    ],
+)  # fmt: skip
+def test_settings_that_cannot_run_stop_before_any_process_starts(overrides, kwargs, message):
+    with pytest.raises(ConfigError) as error:
+        check(TINY, *overrides, **kwargs)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["train.max_iter=10"], "train.max_iter is given on the command line too"),
+        (["lr_multiplier.scheduler.milestones=[1]"], "lr_multiplier.scheduler.milestones is given on the command line"),
+        (["train.epoch_steps=[0.02,0.05]"], "lr_multiplier.scheduler.values has 2 values, so train.epoch_steps needs 1"),
+        (["dataloader.train.sampler.rounding=floor"], "dataloader.train.sampler.rounding must be one of stochastic, ceil"),
+    ],
+)
+def test_epoch_settings_that_cannot_run_stop_before_any_process_starts(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        check(EPOCHS, *overrides)
+    assert message in str(error.value)
+
+
+def test_a_run_on_a_locked_output_dir_is_refused_in_one_line(tmp_path):
+    with OutputDirLock(str(tmp_path), LAZY_KEYS.output_dir):
+        run = train_net("--config-file", TINY, f"train.output_dir={tmp_path}")
+    assert_stops_with(run, f"train.output_dir {tmp_path} is in use by another run (pid {os.getpid()} on host")
+    assert "Command Line Args" not in run.stdout and not (tmp_path / "metrics.json").exists()
+
+
+@pytest.fixture(scope="module")
+def five_class_weights(tmp_path_factory):
+    """Weights of the tiny EFLFCOS with 5 classes (the config's datasets have 8)."""
+    cfg = load_lazy_config(str(TINY), ["model.num_classes=5", "model.frequency_groups=null"])
+    path = tmp_path_factory.mktemp("weights") / "five.pth"
+    torch.save({"model": instantiate(cfg.model).state_dict()}, path)
+    return path
+
+
+def test_eval_only_refuses_weights_that_do_not_fit_in_one_line(five_class_weights, tmp_path):
+    run = train_net("--config-file", TINY, "--eval-only", f"train.init_checkpoint={five_class_weights}", f"train.output_dir={tmp_path}")
+    assert_stops_with(
+        run, "do not fit the model", "head.cls_score.weight (5, 64, 3, 3) in the weights, (8, 64, 3, 3) in the model",
+        "(model._target_, model.num_classes, ...)", "set train.allow_partial_weights=True to load what fits",
+    )  # fmt: skip
+    assert not (tmp_path / "inference").exists()
+    check(TINY, f"train.init_checkpoint={five_class_weights}", "train.allow_partial_weights=True", eval_only=True)
+
+
+class Unpicklable:
+    """Not a weight: loading a file holding it needs full unpickling."""
+
+
+def test_weights_that_need_full_unpickling_load_only_with_trust_pickle(five_class_weights, tmp_path):
+    path = tmp_path / "pickled.pth"
+    torch.save({**torch.load(five_class_weights, weights_only=True), "extra": Unpicklable()}, path)
+    overrides = (f"train.init_checkpoint={path}", "train.allow_partial_weights=True")
+    with pytest.raises(ConfigError, match="loading it would run code from the file.*--trust-pickle"):
+        check(TINY, *overrides, eval_only=True)
+    check(TINY, *overrides, eval_only=True, trust_pickle=True)
+
+
+def test_own_dataset_registered_in_the_config_trains_in_two_processes_and_evaluates(own_data, tmp_path):
+    """dataloader.register: registered before the checks and in each worker process, which train and evaluate."""
+    files, root = own_data
+    register = f"[[mine_train,lvis,{files['train']},{root}],[mine_val,lvis,{files['val']},{root}]]"
+    run = train_net(
+        "--num-gpus", "2", "--config-file", TINY, f"dataloader.register={register}",
+        "dataloader.train.dataset.names=mine_train", "dataloader.test.dataset.names=mine_val",
+        "model.frequency_groups.dataset_name=mine_train", "dataloader.evaluator.frequency_from=mine_train",
+        "train.max_iter=2", f"train.output_dir={tmp_path}",
+        env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(tmp_path / "inference" / "mine_val" / "results.json") as f:
+        results = json.load(f)["bbox"]
+    assert all(0.0 <= results[m] <= 100.0 for m in ("AP", "APr", "APc", "APf")), results
+    metrics = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    assert {"efl/gamma_rare", "efl/gamma_common", "efl/gamma_frequent"} <= set(metrics[0])
+
+
+def test_a_mistake_in_an_own_dataset_is_found_before_any_process_starts(own_data, tmp_path):
+    files, root = own_data
+    bad = tmp_path / "bad.json"
+    data = json.loads(files["train"].read_text())
+    data["annotations"][3]["category_id"] = 7777
+    bad.write_text(json.dumps(data))
+    run = train_net(
+        "--config-file", TINY, f"dataloader.register=[[mine_bad,lvis,{bad},{root}]]",
+        "dataloader.train.dataset.names=mine_bad", f"train.output_dir={tmp_path / 'out'}",
+    )  # fmt: skip
+    assert_stops_with(run, f"{bad}: annotations[3]", "has category_id 7777, which is not in 'categories'")
+    assert "Command Line Args" not in run.stdout
+
+
+def test_the_training_loader_checks_the_annotations_classes_instead_of_the_model():
+    """As on the yacs path: the loader refuses a class outside [0, model.num_classes), naming the image and the
+    setting, and the model leaves its own check (a read of its classes each step) to it."""
+    cfg = load_lazy_config(str(TINY), ["model.num_classes=1", "model.frequency_groups=null"])
+    trainer, _, _ = build_lazy_trainer(cfg)
+    assert trainer.model.check_gt_classes is False
+    message = r"Training image '.+' has annotations of classes \[.*\], outside \[0, 1\).*\(model.num_classes is 1\)"
+    with EventStorage(), pytest.raises(ValueError, match=message):
+        for _ in range(20):  # until the first image with a class other than 0
+            trainer.run_step()

@@ -197,3 +197,44 @@ def test_an_error_inside_the_worker_processes_stops_in_one_line(tmp_path):
         command(tmp_path, 2, "TrainingSampler", "--resume"), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600
     )
     assert_stops_with(run, f"--resume: {tmp_path} has no readable checkpoint")
+
+
+LAZY_EPOCHS = REPO / "tests" / "configs" / "fcos_tiny_epochs.py"
+
+
+def lazy_command(output_dir, *flags):
+    return [
+        sys.executable, str(REPO / "train_net.py"), "--num-gpus", "2", "--config-file", str(LAZY_EPOCHS), *flags,
+        f"train.output_dir={output_dir}",
+    ]  # fmt: skip
+
+
+def test_a_killed_lazy_config_run_resumed_ends_as_the_uninterrupted_one(tmp_path):
+    """EFLFCOS from a LazyConfig, 2 gloo processes, counted in epochs over the ceil-enlarged list: the resumed run
+    resolves the same schedule and ends bit for bit as the uninterrupted one."""
+    killed = tmp_path / "killed"
+    kill_after_first_checkpoint(lazy_command(killed), killed)
+    resuming = run_to_the_end(*lazy_command(killed, "--resume"))
+    uninterrupted = run_to_the_end(*lazy_command(tmp_path / "uninterrupted"))
+    log = resuming.stdout + resuming.stderr
+    assert int(re.search(r"Starting training from iteration (\d+)", log).group(1)) >= 2
+    assert "Taking over" in log  # the killed run's lock on train.output_dir
+    line = (
+        "0.085 epochs of 189 images after repeat-factor enlargement (each image ceil(r) times) at batch 4 = 48 "
+        "iterations per epoch, 4 iterations; LR steps at 2 (epoch 0.05); warm-up 1 iterations (0.03 epochs)"
+    )
+    for run in (resuming, uninterrupted):
+        assert (run.stdout + run.stderr).count(line) == 1, (run.stdout + run.stderr)[-3000:]
+
+    resumed = torch.load(killed / "model_final.pth", map_location="cpu", weights_only=True)
+    expected = torch.load(tmp_path / "uninterrupted" / "model_final.pth", map_location="cpu", weights_only=True)
+    assert resumed["iteration"] == expected["iteration"] == 3
+    assert resumed["model"].keys() == expected["model"].keys()
+    assert {"cls_loss.pos_grad", "cls_loss.neg_grad", "cls_loss.pos_neg", "loss_normalizer"} <= set(expected["model"])
+    for key, value in expected["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    state, expected_state = resumed["trainer"]["optimizer"]["state"], expected["trainer"]["optimizer"]["state"]
+    assert state.keys() == expected_state.keys()
+    for index, value in expected_state.items():
+        assert torch.equal(state[index]["momentum_buffer"], value["momentum_buffer"]), index
+    assert resumed["trainer"]["hooks"] == expected["trainer"]["hooks"]  # the LR scheduler

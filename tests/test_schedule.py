@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 import torch
 
-from detectron2.config import get_cfg
+from detectron2.config import get_cfg, instantiate
 from detectron2.data import DatasetCatalog, get_detection_dataset_dicts
 from detectron2.data.datasets.lvis import load_lvis_json
 from detectron2.data.samplers import RepeatFactorTrainingSampler
@@ -24,7 +24,8 @@ from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, small_cfg
 from efl import ConfigError, check_config
 from efl.data.samplers import RepeatFactorSampler, build_epoch_sampler
 from efl.data.train_loader import ResumableSampler
-from efl.engine import resolve_epoch_schedule, with_epoch_schedule
+from efl.engine import resolve_epoch_schedule, with_epoch_schedule, with_lazy_epoch_schedule
+from efl.lazy_config import load_lazy_config
 
 # The toy set: 9 images, of which the last has no annotation (detectron2 drops it: 8 images remain). Categories
 # 1-4 are in 8, 4, 2 and 1 of them. With REPEAT_THRESHOLD t = 1, r_c = max(1, sqrt(t / f_c)) = 1, sqrt(2) = 1.414,
@@ -133,6 +134,30 @@ def test_with_epoch_schedule_sets_iterations_and_leaves_iteration_configs_alone(
         "3 epochs of 15 images after repeat-factor enlargement (each image ceil(r) times) at batch 2 = 8 iterations "
         "per epoch, 24 iterations; LR steps at 16 (epoch 2), 20 (epoch 2.5); warm-up 4 iterations (0.5 epochs)"
     ]
+
+
+def test_a_lazy_config_resolves_the_same_schedule_with_the_same_line(caplog):
+    """train.max_epochs, epoch_steps and warmup_epochs: train.max_iter and lr_multiplier's iterations."""
+    config = str(REPO / "tests" / "configs" / "fcos_tiny_epochs.py")
+    cfg = load_lazy_config(config, ["train.max_epochs=null"])
+    with_lazy_epoch_schedule(cfg, 15, "ceil")
+    assert cfg.train.max_iter is None and cfg.lr_multiplier.scheduler.milestones is None  # counted in iterations
+    overrides = [
+        "dataloader.train.total_batch_size=2", "train.max_epochs=3", "train.epoch_steps=[2,2.5]",
+        "train.warmup_epochs=0.5", "lr_multiplier.scheduler.values=[1.0,0.1,0.01]",
+    ]  # fmt: skip
+    cfg = load_lazy_config(config, overrides)
+    with caplog.at_level("INFO", logger="efl.engine.schedule"):
+        with_lazy_epoch_schedule(cfg, 15, "ceil")
+    assert caplog.messages == [  # the yacs path's line for the same schedule (above)
+        "3 epochs of 15 images after repeat-factor enlargement (each image ceil(r) times) at batch 2 = 8 iterations "
+        "per epoch, 24 iterations; LR steps at 16 (epoch 2), 20 (epoch 2.5); warm-up 4 iterations (0.5 epochs)"
+    ]
+    assert cfg.train.max_iter == 24
+    assert (list(cfg.lr_multiplier.scheduler.milestones), cfg.lr_multiplier.scheduler.num_updates) == ([16, 20], 24)
+    multiplier = instantiate(cfg.lr_multiplier)
+    expected = [0.001 + 0.999 * i / 4 for i in range(4)] + [1.0] * 12 + [0.1] * 4 + [0.01] * 4
+    assert [multiplier(i / 24) for i in range(24)] == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize(

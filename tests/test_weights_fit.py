@@ -66,3 +66,27 @@ def test_eval_only_with_weights_that_do_not_fit_stops_in_one_line(improved_weigh
     run = train_net("--config-file", DEMO_CONFIG, "--eval-only", *SMALL_OPTS, "MODEL.WEIGHTS", improved_weights, "OUTPUT_DIR", tmp_path)
     assert_stops_with(run, "do not fit the model", "MODEL.ALLOW_PARTIAL_WEIGHTS")
     assert not (tmp_path / "inference").exists()
+
+
+@pytest.mark.parametrize(
+    "name,normaliser",
+    [
+        ("EFLRetinaNet", "the loss normaliser, a moving average of the positive count, starts again from 100"),
+        ("EFLFCOS", "the loss normaliser, a moving average of the positive count, starts again from 300"),
+        ("ImprovedRetinaNet", None),  # normalised by each step's positive count: nothing to start again
+    ],
+)
+def test_weights_without_efl_state_say_what_starts_afresh_in_this_model(name, normaliser, tmp_path, caplog):
+    from test_fcos import build as build_fcos
+
+    build = {"EFLRetinaNet": lambda: build_model(small_cfg()), "EFLFCOS": build_fcos, "ImprovedRetinaNet": improved_model}
+    state = {k: v for k, v in build[name]().state_dict().items() if "cls_loss." not in k and k != "loss_normalizer"}
+    torch.save({"model": state}, tmp_path / "focal.pth")
+    with caplog.at_level(logging.WARNING):
+        EFLCheckpointer(build[name]()).load(str(tmp_path / "focal.pth"))
+    (message,) = [r.getMessage() for r in caplog.records if "EFL state" in r.getMessage()]
+    assert "The EFL statistics start afresh (g = 1, so EFL starts as focal loss)" in message
+    if normaliser:
+        assert message.endswith(f"; {normaliser}.")
+    else:
+        assert "normaliser" not in message and "loss_normalizer" not in message

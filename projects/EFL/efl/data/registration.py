@@ -14,12 +14,13 @@ detectron2's ``register_lvis_instances`` only knows the metadata of LVIS's own n
 needs a polygon for every box and each image's folder in a ``coco_url``; this loader needs boxes only, and takes
 each image from ``file_name`` (relative to the image root) or, as LVIS v1 does, from ``coco_url``.
 """
+import contextlib
 import functools
 import json
 import logging
 import os
 from collections import defaultdict
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
@@ -30,6 +31,7 @@ __all__ = [
     "DATASET_FORMATS",
     "check_registered_dataset",
     "load_detection_json",
+    "naming_malformed_dataset_files",
     "register_dataset",
     "register_datasets",
     "registered_source",
@@ -74,6 +76,26 @@ def register_dataset(name: str, dataset_format: str, json_file: str, image_root:
     MetadataCatalog.get(name).set(
         json_file=source[1], image_root=source[2], evaluator_type=dataset_format, registered_source=source
     )
+
+
+@contextlib.contextmanager
+def naming_malformed_dataset_files(dataset_names: Sequence[str]) -> Iterator[None]:
+    """
+    Turn a JSON error raised while the block loads or evaluates datasets (detectron2's LVIS and COCO loaders and
+    evaluators do not say which file they were reading) into a ConfigError that names the file.
+    """
+    try:
+        yield
+    except json.JSONDecodeError as e:
+        for name in dict.fromkeys(dataset_names):
+            json_file = MetadataCatalog.get(name).get("json_file") if name in MetadataCatalog.list() else None
+            if json_file and os.path.isfile(json_file):
+                try:
+                    with open(json_file) as f:
+                        json.load(f)
+                except json.JSONDecodeError as found:
+                    raise ConfigError(f"dataset file {json_file} ('{name}') is not valid JSON: {found}") from None
+        raise
 
 
 def registered_source(name: str) -> Optional[Tuple[str, str, str]]:

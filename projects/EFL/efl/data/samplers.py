@@ -15,9 +15,9 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from detectron2.config import CfgNode
-from detectron2.data.samplers import RepeatFactorTrainingSampler
+from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 
-__all__ = ["REPEAT_ROUNDINGS", "RepeatFactorSampler", "build_epoch_sampler"]
+__all__ = ["REPEAT_ROUNDINGS", "RepeatFactorSampler", "build_epoch_sampler", "epoch_size_of"]
 
 REPEAT_ROUNDINGS = ("stochastic", "ceil")
 
@@ -27,6 +27,15 @@ class RepeatFactorSampler(RepeatFactorTrainingSampler):
     detectron2's RepeatFactorTrainingSampler with ``rounding`` "stochastic" (its own, the same index stream) or
     "ceil". Like it, an infinite stream of shuffled epochs, the same on every process for the same ``seed``, of
     which each process takes every world-size-th index.
+
+    In a LazyConfig (``dataloader.train.sampler``), with the factors computed from the training set::
+
+        sampler=L(RepeatFactorSampler)(
+            repeat_factors=L(RepeatFactorSampler.repeat_factors_from_category_frequency)(
+                dataset_dicts="${...dataset}", repeat_thresh=0.001
+            ),
+            rounding="ceil",
+        )
     """
 
     def __init__(self, repeat_factors: Tensor, *, rounding: str = "stochastic", shuffle: bool = True, seed=None):
@@ -72,3 +81,16 @@ def build_epoch_sampler(cfg: CfgNode, dataset: List[Dict]) -> Tuple[Optional[Sam
     )
     sampler = RepeatFactorSampler(factors, rounding=cfg.DATALOADER.REPEAT_ROUNDING, seed=cfg.SEED)
     return sampler, sampler.epoch_size
+
+
+def epoch_size_of(sampler: Sampler, dataset_size: int) -> Optional[float]:
+    """
+    Images per epoch of a training sampler over a dataset of ``dataset_size`` images, all processes together: the
+    (enlarged) size of a :class:`RepeatFactorSampler` (expected for stochastic rounding), the dataset's size for
+    detectron2's TrainingSampler, None for any other (no epochs).
+    """
+    if isinstance(sampler, RepeatFactorSampler):
+        return sampler.epoch_size
+    if type(sampler) is TrainingSampler:  # not its subclasses, e.g. RandomSubsetTrainingSampler
+        return dataset_size
+    return None

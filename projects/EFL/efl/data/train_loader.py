@@ -11,18 +11,27 @@ detectron2's training data loader, made resumable and tolerant of the odd unread
 """
 import itertools
 import logging
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.build import _train_loader_from_config
 
+from ..config_keys import YACS_KEYS
 from ..errors import ConfigError
 from .samplers import build_epoch_sampler
 
-__all__ = ["CheckAnnotatedClasses", "ResumableSampler", "SkipUnreadableImages", "build_resumable_train_loader"]
+__all__ = [
+    "CheckAnnotatedClasses",
+    "ResumableSampler",
+    "SkipUnreadableImages",
+    "build_resumable_train_loader",
+    "out_of_range_classes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,27 +76,47 @@ class SkipUnreadableImages:
         return mapped
 
 
+def out_of_range_classes(classes: Tensor, num_classes: int) -> Optional[List[int]]:
+    """
+    None when every class of ``classes`` (any shape, integer) lies in [0, num_classes); otherwise the sorted classes
+    it holds. One read of the values (free for a CPU tensor, a host sync for a GPU one).
+    """
+    if not classes.numel():
+        return None
+    lo, hi = torch.stack(classes.aminmax()).tolist()
+    if 0 <= lo and hi < num_classes:
+        return None
+    return sorted(set(classes.tolist()))
+
+
 class CheckAnnotatedClasses:
     """
     A dataset mapper that raises ValueError, naming the image, for an annotation whose class is not in
-    [0, num_classes). It runs on the CPU, in the loader's workers: the detectors' losses rely on it instead of
-    reading their labels' range on the GPU every step.
+    [0, num_classes). It runs on the CPU, in the loader's workers: the EFL detectors trained on this loader rely on
+    it instead of checking their ground-truth classes every step (EFLDetectorMixin.check_gt_classes).
     """
 
-    def __init__(self, mapper: Callable[[Dict], Optional[Dict]], num_classes: int):
+    def __init__(self, mapper: Callable[[Dict], Optional[Dict]], num_classes: int, key: str = YACS_KEYS.num_classes):
+        """
+        Args:
+            mapper: detectron2's dataset mapper (or a wrapper of it).
+            num_classes: C, the model's.
+            key: the setting that gives C, named in the message.
+        """
         self.mapper = mapper
         self.num_classes = num_classes
+        self.key = key
 
     def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
         mapped = self.mapper(dataset_dict)
         instances = None if mapped is None else mapped.get("instances")
-        if instances is not None and instances.has("gt_classes") and len(instances):
-            classes = instances.gt_classes
-            if int(classes.min()) < 0 or int(classes.max()) >= self.num_classes:
+        if instances is not None and instances.has("gt_classes"):
+            found = out_of_range_classes(instances.gt_classes, self.num_classes)
+            if found is not None:
                 raise ValueError(
-                    f"Training image {dataset_dict.get('file_name')!r} has annotations of classes "
-                    f"{sorted(set(classes.tolist()))}, outside [0, {self.num_classes}): the dataset's category ids "
-                    f"must map to 0..{self.num_classes - 1} (MODEL.RETINANET.NUM_CLASSES is {self.num_classes})"
+                    f"Training image {dataset_dict.get('file_name')!r} has annotations of classes {found}, outside "
+                    f"[0, {self.num_classes}): the dataset's category ids must map to 0..{self.num_classes - 1} "
+                    f"({self.key} is {self.num_classes})"
                 )
         return mapped
 

@@ -10,16 +10,19 @@ from typing import Dict, List, Sequence, Tuple
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..config_keys import YACS_KEYS, ConfigKeys
 from ..errors import ConfigError
 from ..safe_loading import UnreadableFileError, check_pickle_file, load_torch_file
 
-__all__ = ["EFLCheckpointer", "WeightsMismatchError"]
+__all__ = ["EFLCheckpointer", "WeightsMismatchError", "reset_efl_statistics"]
 
 logger = logging.getLogger(__name__)
 
 # State an EFL detector keeps beyond a focal-loss RetinaNet's: the statistics and the loss normaliser. It is
 # training state (predictions do not depend on it), so weights without it fit, and it starts afresh.
-_EFL_STATE = ("pos_grad", "neg_grad", "pos_neg", "loss_normalizer")
+_STATISTICS = ("pos_grad", "neg_grad", "pos_neg")
+_NORMALIZER = "loss_normalizer"
+_EFL_STATE = _STATISTICS + (_NORMALIZER,)
 # Marks the temporary files of a write in progress; never read as checkpoints.
 _PARTIAL = ".partial-"
 # How many groups of keys a mismatch message lists.
@@ -46,15 +49,28 @@ class EFLCheckpointer(DetectionCheckpointer):
       stops with one message listing what does not fit, unless ``allow_partial`` (fine-tuning from a detector
       trained on other classes), or the weights are an ImageNet backbone (detectron2's ``matching_heuristics``
       files), which load partially as in detectron2. EFL's state is exempt: weights without it (a focal-loss
-      model) load, with one message saying that the statistics start afresh.
+      model) load, with one message saying what starts afresh.
+
+    Messages name the settings as ``keys`` writes them (the yacs names by default, efl.config_keys.LAZY_KEYS for a
+    LazyConfig).
     - **Resuming** starts from ``last_checkpoint``'s file, or, when that is missing or unreadable, from the newest
       readable checkpoint in the directory, with a warning naming the one passed over.
     """
 
-    def __init__(self, model, save_dir: str = "", *, allow_partial: bool = False, trust_pickle: bool = False, **kwargs):
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        allow_partial: bool = False,
+        trust_pickle: bool = False,
+        keys: ConfigKeys = YACS_KEYS,
+        **kwargs,
+    ):
         super().__init__(model, save_dir, **kwargs)
         self.allow_partial = allow_partial
         self.trust_pickle = trust_pickle
+        self.keys = keys
         self._tagging_allowed = True
         self._path = None
 
@@ -124,23 +140,23 @@ class EFLCheckpointer(DetectionCheckpointer):
         for entry in [e for e in incompatible.incorrect_shapes if _is_efl_state(e[0])]:
             incompatible.incorrect_shapes.remove(entry)  # another class count, reported by the classifier's shape
         misfit = bool(incompatible.missing_keys or incompatible.unexpected_keys or incompatible.incorrect_shapes)
+        keys = self.keys
         if misfit and not (self.allow_partial or backbone_only):
             raise WeightsMismatchError(
                 f"the weights {self._path} do not fit the model ({_describe(incompatible)}): check that the config "
-                "(MODEL.META_ARCHITECTURE, MODEL.RETINANET.NUM_CLASSES, ...) is the one they were trained with, or "
-                "set MODEL.ALLOW_PARTIAL_WEIGHTS True to load what fits (fine-tuning)"
+                f"({keys.architecture}, {keys.num_classes}, ...) is the one they were trained with, or set "
+                f"{keys.setting(keys.allow_partial_weights, True)} to load what fits (fine-tuning)"
             )
         if misfit and not backbone_only:
             logger.warning(
-                f"MODEL.ALLOW_PARTIAL_WEIGHTS: {self._path} was loaded partially ({_describe(incompatible)}); "
+                f"{keys.allow_partial_weights}: {self._path} was loaded partially ({_describe(incompatible)}); "
                 "the parameters it lacks keep their initial values"
             )
         if efl_missing:
             origin = "" if misfit else ": a model trained without EFL (focal loss)"
             logger.warning(
-                f"The weights have no EFL state ({', '.join(efl_missing)}){origin}. The EFL statistics start from "
-                "their initial values (g = 1, so EFL starts as focal loss), and the loss normaliser from its "
-                "initial value."
+                f"The weights have no EFL state ({', '.join(efl_missing)}){origin}. "
+                f"{_what_starts_afresh(self.model, efl_missing)}."
             )
         return incompatible
 
@@ -161,8 +177,32 @@ class EFLCheckpointer(DetectionCheckpointer):
                 logger.warning(f"Cannot resume from {candidate}, trying the next newest checkpoint: {e}")
         raise ConfigError(
             f"--resume: {self.save_dir} has no readable checkpoint: remove its last_checkpoint file to start from "
-            "MODEL.WEIGHTS instead"
+            f"{self.keys.weights} instead"
         )
+
+
+def reset_efl_statistics(model, setting: str) -> None:
+    """
+    Start the EFL statistics of ``model`` (an EFL detector, possibly wrapped in DistributedDataParallel) afresh after
+    its weights were loaded, for fine-tuning weights trained on another dataset; ``setting`` is the switch that
+    asked for it, named in the log.
+    """
+    getattr(model, "module", model).reset_statistics()
+    logger.info(f"{setting}: the EFL statistics start afresh (g = 1) after loading the weights")
+
+
+def _what_starts_afresh(model, efl_missing: Sequence[str]) -> str:
+    """The EFL state that keeps its initial values, said for this model (its normaliser, if it has one)."""
+    parts = []
+    if any(key.rsplit(".", 1)[-1] in _STATISTICS for key in efl_missing):
+        parts.append("the EFL statistics start afresh (g = 1, so EFL starts as focal loss)")
+    for key in efl_missing:
+        prefix, _, leaf = key.rpartition(".")
+        if leaf == _NORMALIZER:
+            start = model.get_submodule(prefix).normalizer_start
+            parts.append(f"the loss normaliser, a moving average of the positive count, starts again from {start:g}")
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:]
 
 
 def _describe(incompatible) -> str:

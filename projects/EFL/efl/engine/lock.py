@@ -12,6 +12,7 @@ import socket
 import sys
 from typing import Dict, Optional
 
+from ..config_keys import YACS_KEYS
 from ..errors import ConfigError
 
 __all__ = ["OutputDirInUseError", "OutputDirLock"]
@@ -38,8 +39,14 @@ class OutputDirLock:
 
     FILENAME = "run.lock"
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, key: str = YACS_KEYS.output_dir):
+        """
+        Args:
+            directory: the run's output directory.
+            key: the setting that names it, for the message to a second run.
+        """
         self.directory = directory
+        self.key = key
         self.path = os.path.join(directory, self.FILENAME)
         self._fd: Optional[int] = None
 
@@ -58,10 +65,10 @@ class OutputDirLock:
                 os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise OutputDirInUseError(
-                        f"OUTPUT_DIR {self.directory} is in use by another run ({_describe(owner)}): wait for it to "
-                        "end, or set OUTPUT_DIR to another directory"
+                        f"{self.key} {self.directory} is in use by another run ({_describe(owner)}): wait for it to "
+                        f"end, or set {self.key} to another directory"
                     ) from None
-                logger.warning(f"Cannot lock {self.path} ({e.strerror}): make sure no other run uses this OUTPUT_DIR")
+                logger.warning(f"Cannot lock {self.path} ({e.strerror}): make sure no other run uses this {self.key}")
                 return
             # The previous owner removes the file when it releases it: if it did so after our open, we hold a lock
             # on a file that no longer has this name, and must start over on the new one.

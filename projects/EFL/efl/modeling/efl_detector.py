@@ -12,28 +12,36 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..data.frequency import FREQUENCY_GROUPS, lvis_frequency_groups
+from ..data.train_loader import out_of_range_classes
 from ..losses import EqualizedFocalLoss, EqualizedQualityFocalLoss
 
-__all__ = ["CLS_LOSSES", "EFLDetectorMixin", "build_cls_loss", "efl_from_config", "mean_over_processes"]
+__all__ = [
+    "CLS_LOSSES",
+    "EFLDetectorMixin",
+    "build_cls_loss",
+    "efl_from_config",
+    "leave_class_check_to_the_loader",
+    "mean_over_processes",
+]
 
 
-# The labels a detector gives its loss come from annotations that the training loader checks
-# (efl.data.train_loader.CheckAnnotatedClasses): the loss does not read their range again, which would cost a host
-# sync per step.
+# The labels a detector gives its loss come from ground-truth classes that are checked before: by the training
+# loader of train_net.py (efl.data.train_loader.CheckAnnotatedClasses), or else by the detector itself
+# (EFLDetectorMixin.check_gt_classes). The loss does not read their range again, which would cost a host sync per
+# step.
 
 
 def _efl(cfg, num_classes: int) -> EqualizedFocalLoss:
     e = cfg.MODEL.EFL
     return EqualizedFocalLoss(
-        num_classes, e.GAMMA_B, e.SCALE, e.ALPHA, e.IMPLEMENTATION, e.FOCUSING_FACTOR, e.WEIGHTING_FACTOR,
-        check_labels=False,
-    )  # fmt: skip
+        num_classes, e.GAMMA_B, e.SCALE, e.ALPHA, e.IMPLEMENTATION, e.FOCUSING_FACTOR, e.WEIGHTING_FACTOR
+    )
 
 
 def _eqfl(cfg, num_classes: int) -> EqualizedQualityFocalLoss:
     e = cfg.MODEL.EFL
     return EqualizedQualityFocalLoss(
-        num_classes, e.GAMMA_B, e.SCALE, e.IMPLEMENTATION, e.FOCUSING_FACTOR, e.WEIGHTING_FACTOR, check_labels=False
+        num_classes, e.GAMMA_B, e.SCALE, e.IMPLEMENTATION, e.FOCUSING_FACTOR, e.WEIGHTING_FACTOR
     )
 
 
@@ -41,9 +49,8 @@ def _focal(cfg, num_classes: int) -> EqualizedFocalLoss:
     # EFL with s = 0 is exactly sigmoid focal loss, and keeps the statistics for comparison.
     head = cfg.MODEL.RETINANET
     return EqualizedFocalLoss(
-        num_classes, head.FOCAL_LOSS_GAMMA, 0.0, head.FOCAL_LOSS_ALPHA, cfg.MODEL.EFL.IMPLEMENTATION,
-        check_labels=False,
-    )  # fmt: skip
+        num_classes, head.FOCAL_LOSS_GAMMA, 0.0, head.FOCAL_LOSS_ALPHA, cfg.MODEL.EFL.IMPLEMENTATION
+    )
 
 
 # MODEL.EFL.LOSS -> builder(cfg, num_classes). A new variant needs a class in efl.losses and a line here.
@@ -84,7 +91,11 @@ class EFLDetectorMixin:
       exponential moving average of it, in the float64 buffer ``loss_normalizer`` so that checkpoints carry it;
     - logging (:meth:`log_efl_state`): the mean focusing factor, overall and per LVIS frequency group, and the
       positive anchors per image, every ``LOG_PERIOD`` iterations (the period of detectron2's writers) from the
-      first on, which is when the only host syncs of this part happen.
+      first on, which is when the only host syncs of this part happen;
+    - the check of the ground-truth classes it trains on (``check_gt_classes``): a class outside [0, C) raises
+      ValueError naming the image. It reads the classes of the inputs as given (on the CPU when they come from a
+      data loader). train_net.py's trainers switch it off, because their loaders check every annotation in their
+      workers (:class:`efl.data.train_loader.CheckAnnotatedClasses`).
     """
 
     LOG_PERIOD = 20
@@ -98,17 +109,20 @@ class EFLDetectorMixin:
         frequency_groups: Optional[Sequence[int]] = None,
         normalizer_momentum: Optional[float] = None,
         normalizer_start: float = 100.0,
+        check_gt_classes: bool = True,
         **kwargs,
     ):
         """
         Args:
             cls_loss: the classification loss (EqualizedFocalLoss or a variant), which holds the statistics. None
                 builds the paper's EFL (s = 8) with the detector's focal-loss gamma and alpha as gamma_b and alpha
-                (RetinaNet's and FCOS's defaults, 2 and 0.25, are the paper's).
+                (RetinaNet's and FCOS's defaults, 2 and 0.25, are the paper's). Its own check of the labels'
+                range is switched off: the ground-truth classes are checked before (``check_gt_classes``).
             frequency_groups: optional (C,) LVIS frequency group of each class (0 rare, 1 common, 2 frequent);
                 when given, the mean focusing factor of each group is logged while training.
             normalizer_momentum: None normalises each step by its own positive count; a momentum (detectron2's
                 RetinaNet and FCOS: 0.9) by an exponential moving average of it, starting at ``normalizer_start``.
+            check_gt_classes: check the ground-truth classes of every training batch (see above).
             kwargs: arguments of the detector.
         """
         super().__init__(**kwargs)
@@ -116,13 +130,34 @@ class EFLDetectorMixin:
             cls_loss = EqualizedFocalLoss(self.num_classes, gamma_b=self.focal_loss_gamma, alpha=self.focal_loss_alpha)
         if cls_loss.num_classes != self.num_classes:
             raise ValueError(f"cls_loss has {cls_loss.num_classes} classes, the detector {self.num_classes}")
+        cls_loss.check_labels = False
         self.cls_loss = cls_loss
+        self.check_gt_classes = check_gt_classes
         groups = None if frequency_groups is None else torch.as_tensor(frequency_groups)
         self.register_buffer("frequency_groups", groups, persistent=False)
         self.normalizer_momentum = normalizer_momentum
-        self._normalizer_start = float(normalizer_start)
+        self.normalizer_start = float(normalizer_start)
         if normalizer_momentum is not None:
-            self.register_buffer("loss_normalizer", torch.tensor(self._normalizer_start, dtype=torch.float64))
+            self.register_buffer("loss_normalizer", torch.tensor(self.normalizer_start, dtype=torch.float64))
+
+    def forward(self, batched_inputs: List[Dict]):
+        if self.training and self.check_gt_classes:
+            self._check_gt_classes(batched_inputs)
+        return super().forward(batched_inputs)
+
+    def _check_gt_classes(self, batched_inputs: List[Dict]) -> None:
+        """Raise ValueError for a ground-truth class outside [0, C), naming the image; one read of the classes."""
+        classes = [x["instances"].gt_classes for x in batched_inputs if "instances" in x]
+        if not classes or out_of_range_classes(torch.cat(classes), self.num_classes) is None:
+            return
+        for index, x in enumerate(batched_inputs):
+            found = out_of_range_classes(x["instances"].gt_classes, self.num_classes) if "instances" in x else None
+            if found is not None:
+                image = x.get("file_name", f"{index} of the batch")
+                raise ValueError(
+                    f"image {image!r} has ground-truth classes {found}, outside [0, {self.num_classes}): classes "
+                    f"must be 0..{self.num_classes - 1} for a model of {self.num_classes} classes (num_classes)"
+                )
 
     def efl_step(self, gt_labels: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         """
@@ -183,4 +218,15 @@ class EFLDetectorMixin:
         """Start the EFL statistics (and the moving-average normaliser) afresh, e.g. to fine-tune on another dataset."""
         self.cls_loss.reset_statistics()
         if self.normalizer_momentum is not None:
-            self.loss_normalizer = torch.full_like(self.loss_normalizer, self._normalizer_start)
+            self.loss_normalizer = torch.full_like(self.loss_normalizer, self.normalizer_start)
+
+
+def leave_class_check_to_the_loader(model: torch.nn.Module) -> None:
+    """
+    Switch off an EFL detector's check of its ground-truth classes (``model`` may be wrapped in
+    DistributedDataParallel; other models are left alone): for a detector trained on a loader that checks every
+    annotation itself (efl.data.train_loader.CheckAnnotatedClasses), as train_net.py's are.
+    """
+    module = getattr(model, "module", model)
+    if isinstance(module, EFLDetectorMixin):
+        module.check_gt_classes = False

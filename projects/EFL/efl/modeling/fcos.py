@@ -85,7 +85,12 @@ class EFLFCOS(EFLDetectorMixin, FCOS):
         loss_loc = _dense_box_regression_loss(
             anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask, box_reg_loss_type="giou"
         )
+        # The centerness of the positives, summed with masks rather than boolean-mask indexing (which would read
+        # the mask back to the host). The targets off the positives can be NaN (an anchor point outside the box
+        # it is paired with): they are replaced before the loss, so that neither it nor its gradient sees them.
         ctr_targets = self.compute_ctrness_targets(anchors, gt_boxes)  # (N, R)
+        ctr_targets = torch.where(pos_mask, ctr_targets, torch.zeros_like(ctr_targets))
         ctr_logits = cat(pred_centerness, dim=1).squeeze(2)  # (N, R)
-        loss_ctr = F.binary_cross_entropy_with_logits(ctr_logits[pos_mask], ctr_targets[pos_mask], reduction="sum")
+        loss_ctr = F.binary_cross_entropy_with_logits(ctr_logits, ctr_targets, reduction="none")
+        loss_ctr = torch.where(pos_mask, loss_ctr, torch.zeros_like(loss_ctr)).sum()
         return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc / normalizer, "loss_fcos_ctr": loss_ctr / normalizer}
