@@ -153,6 +153,14 @@ def test_predict_names_missing_weights(tmp_path):
         predict.main(args)
 
 
+def test_predict_refuses_weights_that_do_not_fit_the_model(untrained_weights, tmp_path):
+    Image.new("RGB", (64, 64)).save(tmp_path / "image.png")
+    args = predict_args(untrained_weights, "MODEL.RETINANET.NUM_CONVS", "2", "--input", str(tmp_path / "image.png"))
+    with pytest.raises(SystemExit, match="^predict.py: error: .*missing"):
+        predict.main([*args, "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_predict_command_line_reports_a_missing_input_in_one_line(untrained_weights, tmp_path):
     run = subprocess.run(
         [sys.executable, str(REPO / "tools" / "predict.py"), *predict_args(untrained_weights, "--input", "nope.jpg", "--output", str(tmp_path))],

@@ -33,7 +33,6 @@ import yaml  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.engine import DefaultPredictor  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 import plot_efl_stats  # noqa: E402  (tools/, beside this script)
@@ -164,7 +163,7 @@ def plot_rare_detections(runs: Dict[str, Path], device: str, output: Path, num_i
         cfg = predict.build_config(
             str(run_dir / "config.yaml"), ["MODEL.WEIGHTS", str(run_dir / "model_final.pth")], device
         )
-        predictor, metadata = DefaultPredictor(cfg), predict.dataset_metadata(cfg)
+        predictor, metadata = predict.build_predictor(cfg), predict.dataset_metadata(cfg)
         rows[label] = [
             predict.draw_detections(predictor, predict.load_image(Path(r["file_name"])), metadata, FIGURE_CONFIDENCE)
             for r in records

@@ -9,7 +9,9 @@ Draw a trained model's detections on your own images.
 Every image (a file, or each image file in a folder) is written to --output as <name>.png, with the detections
 scoring at least --confidence drawn by detectron2's Visualizer: boxes, class names from the metadata of the
 config's DATASETS.TEST[0] (else DATASETS.TRAIN[0]) and scores. Config overrides (KEY VALUE pairs, such as
-MODEL.WEIGHTS) may stand anywhere before --input.
+MODEL.WEIGHTS) may stand anywhere before --input. The weights load as train_net.py's --eval-only loads them: they
+must fit the model exactly (MODEL.ALLOW_PARTIAL_WEIGHTS True relaxes that), and a file that needs full unpickling is
+refused unless --trust-pickle.
 """
 import argparse
 import sys
@@ -26,7 +28,9 @@ from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from efl import add_efl_config
+from efl import ConfigError, add_efl_config
+from efl.data import register_datasets
+from efl.engine import EFLCheckpointer
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Smaller images are drawn enlarged to this shorter side, so that class names and scores stay legible.
@@ -58,6 +62,25 @@ def build_config(config_file: str, opts: Sequence[str], device: str = "auto") ->
         raise InputError("no weights to predict with: pass MODEL.WEIGHTS path/to/model_final.pth")
     if "://" not in weights and not Path(weights).is_file():
         raise InputError(f"MODEL.WEIGHTS file not found: {weights}")
+    cfg.freeze()
+    register_datasets(cfg.DATASETS.REGISTER)  # for the class names of the user's own sets
+    return cfg
+
+
+def build_predictor(cfg: CfgNode, trust_pickle: bool = False) -> DefaultPredictor:
+    """detectron2's DefaultPredictor, with cfg.MODEL.WEIGHTS loaded by EFLCheckpointer (strict and safe)."""
+    predictor = DefaultPredictor(_without_weights(cfg))
+    EFLCheckpointer(
+        predictor.model, allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS, trust_pickle=trust_pickle
+    ).load(cfg.MODEL.WEIGHTS)
+    return predictor
+
+
+def _without_weights(cfg: CfgNode) -> CfgNode:
+    # DefaultPredictor's own checkpointer would load any file, fitting or not: it gets nothing to load
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = ""
     cfg.freeze()
     return cfg
 
@@ -123,6 +146,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--output", required=True, type=Path, help="folder to write the drawings to")
     parser.add_argument("--confidence", type=float, default=0.5, help="lowest score drawn (default 0.5)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--trust-pickle", action="store_true", help="load weights that need full unpickling (runs code from the file)"
+    )
     # Overrides may stand between the flags (as in `--config-file C MODEL.WEIGHTS W --input ...`).
     args, opts = parser.parse_known_args(argv)
     unknown = [o for o in opts if o.startswith("--")]
@@ -134,14 +160,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if len(set(outputs)) < len(outputs):
             raise InputError("two inputs have the same name; their drawings would overwrite each other")
         cfg = build_config(args.config_file, opts, args.device)
-        predictor = DefaultPredictor(cfg)
+        predictor = build_predictor(cfg, args.trust_pickle)
         metadata = dataset_metadata(cfg)
         args.output.mkdir(parents=True, exist_ok=True)
         for path, output in zip(paths, outputs):
             drawing = draw_detections(predictor, load_image(path), metadata, args.confidence)
             Image.fromarray(drawing).save(output)
             print(f"{path} -> {output}")
-    except InputError as e:
+    except (InputError, ConfigError) as e:
         sys.exit(f"predict.py: error: {e}")
 
 
