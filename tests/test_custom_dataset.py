@@ -13,7 +13,7 @@ from conftest import DEMO_CONFIG, SMALL_OPTS, small_cfg
 from efl import ConfigError, check_config
 from efl.data import TEST_SPEC, ensure_synthetic_lvis, register_dataset
 from efl.data.train_loader import build_resumable_train_loader
-from test_tools import load_tool
+from test_tools import plot_efl_stats
 from test_train_net import assert_stops_with, train_net
 
 # The file's category ids: neither contiguous nor in 1..C, as COCO's are.
@@ -84,7 +84,7 @@ def test_registered_from_the_command_line_trains_evaluates_and_plots(own_data, t
     assert {"efl/gamma_rare", "efl/gamma_common", "efl/gamma_frequent"} <= set(metrics[0])
 
     output = tmp_path / "stats.png"
-    load_tool("plot_efl_stats").main([str(tmp_path / "model_final.pth"), "--dataset", "mine_train", "--output", str(output)])
+    plot_efl_stats.main([str(tmp_path / "model_final.pth"), "--dataset", "mine_train", "--output", str(output)])
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -106,7 +106,7 @@ def results_table(results: Dict[str, Dict[str, float]], seconds: Dict[str, float
     (base, base_r), *others = results.items()
     for name, r in others:
         rows.append([f"{name} - {base}"] + [f"{r[m] - base_r[m]:+.1f}" for m in METRICS] + [""])
-    return tabulate(rows, headers=["loss", *METRICS, "train + eval s"], tablefmt="github")
+    return tabulate(rows, headers=["loss", *METRICS, "train + eval s"], tablefmt="github", disable_numparse=True)
 
 
 def plot_ap_by_group(results: Dict[str, Dict[str, float]], test_set: str, output: Path) -> None:
