@@ -45,9 +45,9 @@ def test_weights_for_another_class_count_are_refused_with_the_shapes(tmp_path):
     torch.save({"model": source.state_dict()}, tmp_path / "five.pth")
     with pytest.raises(WeightsMismatchError) as error:
         EFLCheckpointer(build_model(small_cfg())).load(str(tmp_path / "five.pth"))
-    # 3 anchors per location: 3 x 5 classifier channels in the weights, 3 x 8 in the model
+    # 9 anchors per location (3 sizes x 3 ratios): 9 x 5 classifier channels in the weights, 9 x 8 in the model
     assert str(error.value).count(" in the weights, ") == 2 and "missing" not in str(error.value)
-    assert "head.cls_score.weight (15, 64, 3, 3) in the weights, (24, 64, 3, 3) in the model" in str(error.value)
+    assert "head.cls_score.weight (45, 64, 3, 3) in the weights, (72, 64, 3, 3) in the model" in str(error.value)
 
 
 def test_partial_loading_when_allowed_says_what_it_did(improved_weights, caplog):
