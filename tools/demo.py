@@ -35,6 +35,8 @@ from tabulate import tabulate  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
+from efl.data import FREQUENCY_GROUPS, frequency_group_of  # noqa: E402
+
 import plot_efl_stats  # noqa: E402  (tools/, beside this script)
 import predict  # noqa: E402
 
@@ -129,7 +131,10 @@ def plot_ap_by_group(results: Dict[str, Dict[str, float]], test_set: str, output
 def rare_class_images(train_set: str, test_set: str, num_images: int) -> List[Dict]:
     """Test-set records, each holding a different rare class (the rarest classes first, ties by class id)."""
     counts = plot_efl_stats.training_image_counts(train_set)
-    rare = sorted((c for c, n in enumerate(counts) if n <= 10), key=lambda c: (counts[c], c))
+    rare = sorted(
+        (c for c, n in enumerate(counts) if FREQUENCY_GROUPS[frequency_group_of(n)] == "rare"),
+        key=lambda c: (counts[c], c),
+    )
     records = DatasetCatalog.get(test_set)
     chosen = []
     for cls in rare[:num_images]:
