@@ -1,6 +1,7 @@
 # make demo    set up, then train focal loss and EFL on the embedded long-tailed set and compare them
 # make demo-improved   the same with the paper's improved baseline: focal loss, EFL and EQFL
 # make experiment   make demo's comparison over 3 seeds: mean +- std of every metric and of EFL - focal loss
+# make experiment-improved   the same for the improved baseline: focal loss, EFL and EQFL over 3 seeds
 # make test    set up, then run the test suite
 # make install create .venv (PyPI requirements, detectron2, this project in editable mode)
 # make bench-gpu  every GPU check (CUDA tests, loss and training-step benchmarks) in one report: needs a GPU
@@ -12,7 +13,7 @@ PY := $(VENV)/bin/python
 DETECTRON2_ROUTE ?= auto
 export DETECTRON2_ROUTE
 
-.PHONY: install demo demo-improved experiment test bench-gpu gpu-bundle clean
+.PHONY: install demo demo-improved experiment experiment-improved test bench-gpu gpu-bundle clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +33,9 @@ demo-improved: install
 
 experiment: install
 	$(PY) tools/experiment.py
+
+experiment-improved: install
+	$(PY) tools/experiment.py --detector improved --output-dir output/experiment-improved
 
 test: install
 	$(PY) -m pytest -q

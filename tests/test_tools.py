@@ -181,35 +181,65 @@ def experiment_runs(tmp_path_factory):
 def test_experiment_trains_each_loss_with_the_seed_and_tabulates_them(experiment_runs):
     out, results = experiment_runs
     assert list(results) == [7] and list(results[7]) == ["focal loss", "EFL"]
-    for arm, config in experiment.ARMS.items():
+    for arm, config in demo.RUNS["retinanet"].items():
         with open(out / "seed7" / config.stem / "config.yaml") as f:
             cfg = yaml.safe_load(f)
         assert cfg["SEED"] == 7 and cfg["MODEL"]["EFL"]["SCALE"] == (0.0 if arm == "focal loss" else 8.0)
         assert 0.0 <= results[7][arm]["g_rare"] <= 1.0 and 0.0 <= results[7][arm]["APr"] <= 100.0
+        # gamma_j = gamma_b + s (1 - g_j): 2 for focal loss, at least 2 for EFL
+        gamma = 2.0 + (0.0 if arm == "focal loss" else 8.0) * (1.0 - results[7][arm]["g_rare"])
+        assert results[7][arm]["gamma_rare"] == pytest.approx(gamma)
     lines = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("|")]
-    assert lines[0] == "| seed | loss | AP | APr | APc | APf | g rare | g common | g frequent | Spearman |"
+    assert lines[0] == (
+        "| seed | loss | AP | APr | APc | APf | g rare | g common | g frequent | γ rare | γ common | γ frequent "
+        "| Spearman |"
+    )
     assert len(lines) == 2 + 2 + 3 and lines[2].startswith("| 7 | focal loss | ")
+
+
+def test_experiment_of_the_improved_baseline_has_a_difference_row_for_each_loss(monkeypatch, tmp_path):
+    trained = []
+
+    def fake_training(config, run_dir, device, overrides):
+        trained.append((config.stem, overrides[-1]))
+        return {"AP": 1.0, "APr": 2.0, "APc": 3.0, "APf": 4.0}
+
+    monkeypatch.setattr(experiment, "train_and_evaluate", fake_training)
+    monkeypatch.setattr(experiment, "mechanism", lambda run_dir: dict.fromkeys(experiment.STATISTICS, 0.5))
+    monkeypatch.setattr(experiment, "datasets_of", lambda run_dir: ("efl_synth_lt_train", "efl_synth_lt_val"))
+    args = ["--detector", "improved", "--arms", "EQFL", "--seeds", "1", "2", "--output-dir", str(tmp_path), "X", "1"]
+    results = experiment.main(args)
+    assert trained == [(f"improved_R_18_demo_{loss}", seed) for seed in "12" for loss in ("focal", "eqfl")]
+    assert list(results[1]) == ["focal loss", "EQFL"]
+    text = (tmp_path / "results.md").read_text()
+    assert "| mean ± std | EQFL - focal loss | +0.0 ± 0.0 |" in text and "Overrides: X 1." in text
+    with pytest.raises(SystemExit):
+        experiment.main(["--detector", "retinanet", "--arms", "EQFL"])
 
 
 def test_experiment_table_gives_mean_and_std_over_seeds_and_of_the_paired_difference():
     def run(ap, apr, g_rare):
         return {"AP": ap, "APr": apr, "APc": 30.0, "APf": 40.0, "g_rare": g_rare, "g_common": 0.8, "g_frequent": 1.0,
-                "spearman": math.nan}  # fmt: skip
+                "gamma_rare": 2.0, "gamma_common": 2.0, "gamma_frequent": 2.0, "spearman": math.nan}  # fmt: skip
 
     results = {
-        1: {"focal loss": run(20.0, 10.0, 0.4), "EFL": run(21.0, 13.0, 0.9)},
-        2: {"focal loss": run(22.0, 12.0, 0.6), "EFL": run(22.0, 13.0, 0.9)},
+        1: {"focal loss": run(20.0, 10.0, 0.4), "EFL": run(21.0, 13.0, 0.9), "EQFL": run(20.0, 11.0, 0.9)},
+        2: {"focal loss": run(22.0, 12.0, 0.6), "EFL": run(22.0, 13.0, 0.9), "EQFL": run(24.0, 12.0, 0.9)},
     }
     lines = experiment.render(results).splitlines()
-    assert lines[2] == "| 1 | focal loss | 20.0 | 10.0 | 30.0 | 40.0 | 0.40 | 0.80 | 1.00 | - |"
-    assert lines[6] == "| mean ± std | focal loss | 21.0 ± 1.4 | 11.0 ± 1.4 | 30.0 ± 0.0 | 40.0 ± 0.0 | 0.50 | 0.80 | 1.00 | - |"
-    # EFL - focal loss per seed: AP +1 and 0, APr +3 and +1
-    assert lines[8] == "| mean ± std | EFL - focal loss | +0.5 ± 0.7 | +2.0 ± 1.4 | +0.0 ± 0.0 | +0.0 ± 0.0 |  |  |  |  |"
+    assert lines[2] == "| 1 | focal loss | 20.0 | 10.0 | 30.0 | 40.0 | 0.40 | 0.80 | 1.00 | 2.00 | 2.00 | 2.00 | - |"
+    assert lines[8] == (
+        "| mean ± std | focal loss | 21.0 ± 1.4 | 11.0 ± 1.4 | 30.0 ± 0.0 | 40.0 ± 0.0 | 0.50 | 0.80 | 1.00 | 2.00 "
+        "| 2.00 | 2.00 | - |"
+    )
+    # EFL - focal loss per seed: AP +1 and 0, APr +3 and +1; EQFL: AP 0 and +2, APr +1 and 0
+    assert lines[11] == "| mean ± std | EFL - focal loss | +0.5 ± 0.7 | +2.0 ± 1.4 | +0.0 ± 0.0 | +0.0 ± 0.0 |" + "  |" * 7
+    assert lines[12] == "| mean ± std | EQFL - focal loss | +1.0 ± 1.4 | +0.5 ± 0.7 | +0.0 ± 0.0 | +0.0 ± 0.0 |" + "  |" * 7
 
 
 def test_demo_figures_of_two_runs(experiment_runs, tmp_path):
     out, results = experiment_runs
-    runs = {arm: out / "seed7" / config.stem for arm, config in experiment.ARMS.items()}
+    runs = {arm: out / "seed7" / config.stem for arm, config in demo.RUNS["retinanet"].items()}
     demo.plot_ap_by_group(results[7], "efl_synth_test_val", tmp_path / "ap.png")
     demo.plot_rare_detections(runs, "cpu", tmp_path / "rare.png", num_images=2)
     for name in ("ap.png", "rare.png"):

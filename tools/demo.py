@@ -89,9 +89,15 @@ def train_and_evaluate(config: Path, output_dir: Path, device: str, overrides: S
 
 
 def mechanism(run_dir: Path) -> Dict[str, float]:
-    """Mean g_j by frequency group and Spearman(g_j, training images) at the end of a run (plot_efl_stats.py)."""
-    pos_neg = plot_efl_stats.load_statistics(run_dir / "model_final.pth")
-    return plot_efl_stats.summarise(pos_neg, plot_efl_stats.training_image_counts(datasets_of(run_dir)[0]))
+    """
+    Mean g_j and gamma_j by frequency group and Spearman(g_j, training images) at the end of a run
+    (plot_efl_stats.summarise).
+    """
+    checkpoint = run_dir / "model_final.pth"
+    pos_neg = plot_efl_stats.load_statistics(checkpoint)
+    gamma_b, scale = plot_efl_stats.efl_hyperparameters(checkpoint)
+    counts = plot_efl_stats.training_image_counts(datasets_of(run_dir)[0])
+    return plot_efl_stats.summarise(pos_neg, counts, gamma_b + scale * (1.0 - pos_neg))
 
 
 def describe_mechanism(summary: Dict[str, float]) -> str:

@@ -60,11 +60,16 @@ def run_config(checkpoint: Path) -> Optional[dict]:
 
 
 def efl_hyperparameters(checkpoint: Path) -> Tuple[float, float]:
-    """gamma_b and s from the config.yaml beside the checkpoint."""
+    """
+    gamma_b and s of the run, from the config.yaml beside the checkpoint: MODEL.EFL's, or for MODEL.EFL.LOSS
+    "focal" (EFL with s = 0) the focal-loss gamma and 0.
+    """
     config = run_config(checkpoint)
     if config is None:
         raise ValueError(f"no {checkpoint.parent / 'config.yaml'} to read gamma_b and s from: pass --gamma-b and --scale")
     efl_cfg = config["MODEL"]["EFL"]
+    if efl_cfg.get("LOSS") == "focal":
+        return float(config["MODEL"]["RETINANET"]["FOCAL_LOSS_GAMMA"]), 0.0
     return float(efl_cfg["GAMMA_B"]), float(efl_cfg["SCALE"])
 
 
@@ -97,20 +102,29 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def summarise(pos_neg: torch.Tensor, image_counts: Sequence[int]) -> Dict[str, float]:
+def summarise(
+    pos_neg: torch.Tensor, image_counts: Sequence[int], gamma: Optional[torch.Tensor] = None
+) -> Dict[str, float]:
     """
     Args:
         pos_neg: (C,) g_j of each class.
         image_counts: (C,) training images of each class.
+        gamma: optional (C,) focusing factor gamma_j of each class.
 
     Returns:
         "g_rare", "g_common", "g_frequent": the mean g_j of each LVIS frequency group (nan when empty);
+        with ``gamma``, "gamma_rare", "gamma_common", "gamma_frequent" likewise;
         "spearman": the rank correlation of g_j with the image count (so also with its log).
     """
     groups = np.array([_group(n) for n in image_counts])
-    g = pos_neg.double().numpy()
-    summary = {f"g_{name}": float(g[groups == name].mean()) if (groups == name).any() else math.nan for name in FREQUENCY_GROUPS}
-    summary["spearman"] = spearman(g, image_counts)
+    summary = {}
+    for prefix, values in (("g", pos_neg), ("gamma", gamma)):
+        if values is None:
+            continue
+        v = values.double().numpy()
+        for name in FREQUENCY_GROUPS:
+            summary[f"{prefix}_{name}"] = float(v[groups == name].mean()) if (groups == name).any() else math.nan
+    summary["spearman"] = spearman(pos_neg.double().numpy(), image_counts)
     return summary
 
 
