@@ -1,21 +1,30 @@
 """Shared test set-up: a per-session cache for the synthetic datasets, and small configs of the demo model."""
+import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "Synthetic" / "retinanet_R_18_FPN_demo_efl.yaml"
+# The tools import each other as scripts do, from their own folder; so do the tests that use them.
+sys.path.insert(0, str(REPO / "tools"))
 
 
 # The synthetic sets are generated once per test session, away from the user's cache. Set before any test
-# module imports efl, which registers the datasets with their paths.
-_CACHE = tempfile.mkdtemp(prefix="efl_test_cache_")
-os.environ["EFL_CACHE_DIR"] = _CACHE
+# module imports efl, which registers the datasets with their paths; inherited by the processes the tests start
+# (whose scripts may import this module too: they keep the session's cache).
+_OWN_CACHE = "EFL_TEST_SESSION" not in os.environ
+if _OWN_CACHE:
+    os.environ["EFL_CACHE_DIR"] = os.environ["EFL_TEST_SESSION"] = tempfile.mkdtemp(prefix="efl_test_cache_")
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(_CACHE, ignore_errors=True)
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["EFL_CACHE_DIR"], ignore_errors=True)
 
 
 # The demo config shrunk for tests: the 8-class test set, 96 px images, a 64-channel FPN with one conv per
@@ -48,3 +57,93 @@ def small_cfg(*opts):
     cfg.merge_from_file(str(DEMO_CONFIG))
     cfg.merge_from_list(SMALL_OPTS + list(opts))
     return cfg
+
+
+def small_recipe(*opts, config=DEMO_CONFIG):
+    """The engine's recipe of the yacs ``config`` (the demo's EFL RetinaNet) with SMALL_OPTS and ``opts``."""
+    from efl.config import YacsRecipe, load_config
+
+    return YacsRecipe(load_config(str(config), SMALL_OPTS + [str(o) for o in opts]))
+
+
+def train_net(*args, env=None, timeout=600):
+    """train_net.py with ``args`` in a process of its own, as a user runs it."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, str(REPO / "train_net.py"), *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def assert_stops_with(run, *fragments):
+    """train_net.py stopped with one line, ``train_net.py: error: ...`` holding every fragment, and no traceback."""
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("train_net.py: error: ")]
+    assert len(errors) == 1, run.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], run.stderr[-3000:]
+
+
+_TRAIN_NET = []
+
+
+def load_train_net():
+    """train_net.py as a module (it is a script, not a package member)."""
+    import importlib.util
+
+    if not _TRAIN_NET:
+        spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _TRAIN_NET.append(module)
+    return _TRAIN_NET[0]
+
+
+def stops_before_any_process(*args) -> str:
+    """
+    train_net.py's ``main`` with the command line ``args``, in this process: it must stop with a ConfigError before
+    it would take the lock and start any process. Returns the error's message, checked to be one line (train_net.py
+    prints it as ``train_net.py: error: <message>``, as assert_stops_with checks on real runs).
+    """
+    import pytest
+
+    from efl import ConfigError
+
+    train_net = load_train_net()
+    parsed = train_net.argument_parser().parse_args([str(a) for a in args])
+    launched = []
+    original, train_net.launch_run = train_net.launch_run, lambda *a: launched.append(a)
+    try:
+        with pytest.raises(ConfigError) as error:
+            train_net.main(parsed)
+    finally:
+        train_net.launch_run = original
+    assert not launched
+    message = str(error.value)
+    assert message and "\n" not in message, message
+    return message
+
+
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory):
+    """A real train_net.py run of the test-size demo model: 4 iterations, then LVIS evaluation. Its OUTPUT_DIR
+    (model_final.pth, metrics.json, inference/) and the finished process."""
+    out = tmp_path_factory.mktemp("trained_demo")
+    run = train_net("--config-file", DEMO_CONFIG, *SMALL_OPTS, "SOLVER.MAX_ITER", 4, "OUTPUT_DIR", out)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out, run
+
+
+@pytest.fixture(autouse=True)
+def _propagating_loggers():
+    """detectron2's setup_logger (which efl.engine.run calls, in some tests in this process) stops its loggers from
+    propagating; caplog reads what propagates."""
+    yield
+    for name in ("efl", "detectron2", "d2", "fvcore"):
+        logging.getLogger(name).propagate = True

@@ -1,6 +1,6 @@
 """
-train_net.py's ``main`` started through detectron2's ``launch`` (as train_net.py starts it), with one hook added
-that checks the EFL statistics after every iteration. Used by test_distributed.py; arguments are train_net.py's.
+The engine's training, started through detectron2's ``launch`` as train_net.py starts it, with one hook added that
+checks the EFL statistics after every iteration. Used by test_distributed.py; arguments are train_net.py's.
 
 After each step, on every process:
 - pos_grad, neg_grad and pos_neg are all-gathered: they must be bit-identical on all ranks;
@@ -8,28 +8,23 @@ After each step, on every process:
   gradients in float64, is all-gathered and added up: the buffers must have grown by that much.
 Each rank writes what it saw to OUTPUT_DIR/statistics_rank<r>.json.
 """
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from detectron2.engine import HookBase, launch
+from detectron2.engine import HookBase, default_setup, launch
 from detectron2.utils import comm
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
-    return train_net
+from conftest import REPO, load_train_net
+from efl.config import load
+from efl.engine import build_training
 
 
 class CheckStatistics(HookBase):
-    def __init__(self):
+    def __init__(self, output_dir):
+        self.output_dir = output_dir
         self.captured = None
         self.expected = None
         self.report = {"iterations": 0, "max_relative_error": 0.0}
@@ -80,29 +75,27 @@ class CheckStatistics(HookBase):
         self.report["world_size"] = comm.get_world_size()
 
     def after_train(self):
-        path = Path(self.trainer.cfg.OUTPUT_DIR) / f"statistics_rank{comm.get_rank()}.json"
+        path = Path(self.output_dir) / f"statistics_rank{comm.get_rank()}.json"
         path.write_text(json.dumps(self.report))
 
 
-def worker(args):
-    train_net = load_train_net()
-
-    class CheckedTrainer(train_net.Trainer):
-        def build_hooks(self):
-            return super().build_hooks() + [CheckStatistics()]
-
-    train_net.Trainer = CheckedTrainer
-    train_net.main(args, train_net.build_config(args))
+def worker(args, recipe):
+    """What efl.engine.run does to train, with CheckStatistics added to the trainer's hooks."""
+    default_setup(recipe.config, args)
+    training = build_training(recipe, resume=False)
+    training.trainer.register_hooks([CheckStatistics(recipe.settings.output_dir)])
+    training.trainer.train(training.start_iter, training.max_iter)
 
 
 if __name__ == "__main__":
     os.chdir(REPO)
     args = load_train_net().argument_parser().parse_args()
+    recipe = load(args.config_file, args.opts, num_processes=args.num_gpus * args.num_machines)
     launch(
         worker,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args,),
+        args=(args, recipe),
     )

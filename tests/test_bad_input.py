@@ -8,9 +8,10 @@ import torch
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from conftest import small_cfg
-from efl import ConfigError, check_config
-from efl.data.train_loader import SkipUnreadableImages, build_resumable_train_loader
+from conftest import small_cfg, small_recipe
+from efl import ConfigError, check
+from efl.data.samplers import RepeatFactorSampler
+from efl.data.train_loader import ResumableSampler, SkipUnreadableImages, build_resumable_train_loader
 
 
 @pytest.fixture
@@ -34,14 +35,14 @@ def registered(request):
 def test_empty_dataset_stops_with_a_message(registered):
     name = registered("efl_test_empty", [])
     with pytest.raises(ConfigError, match="has no images"):
-        check_config(small_cfg("DATASETS.TRAIN", (name,), "DATASETS.TEST", ()))
+        check(small_recipe("DATASETS.TRAIN", (name,), "DATASETS.TEST", ()))
 
 
 def test_dataset_without_any_annotation_stops_with_a_message(registered):
     records = [dict(r, annotations=[]) for r in DatasetCatalog.get("efl_synth_test_train")[:5]]
     name = registered("efl_test_unannotated", records)
     with pytest.raises(ConfigError, match="FILTER_EMPTY_ANNOTATIONS"):
-        check_config(small_cfg("DATASETS.TRAIN", (name,), "DATASETS.TEST", ()))
+        check(small_recipe("DATASETS.TRAIN", (name,), "DATASETS.TEST", ()))
 
 
 def test_unreadable_images_are_skipped_by_name(tmp_path, caplog):
@@ -71,7 +72,8 @@ def test_training_loader_skips_a_missing_image(registered, tmp_path):
     records = DatasetCatalog.get("efl_synth_test_train")[:6]
     records[2] = dict(records[2], file_name=str(tmp_path / "gone.jpg"))
     name = registered("efl_test_one_missing", records)
-    loader, _ = build_resumable_train_loader(small_cfg("DATASETS.TRAIN", (name,), "SOLVER.IMS_PER_BATCH", 2))
+    recipe = small_recipe("DATASETS.TRAIN", (name,), "SOLVER.IMS_PER_BATCH", 2)
+    loader, _ = build_resumable_train_loader(recipe.train_loader(), 8)
     batches = [batch for batch, _ in zip(loader, range(6))]
     files = {x["file_name"] for batch in batches for x in batch}
     assert len(batches) == 6 and str(tmp_path / "gone.jpg") not in files
@@ -89,11 +91,18 @@ def test_degenerate_boxes_are_dropped_before_the_loss():
     assert len(instances) == good and torch.all(instances.gt_boxes.area() > 0)
 
 
-def test_resumable_sampler_skips_exactly_what_was_consumed():
-    loader_cfg = small_cfg("INPUT.RANDOM_FLIP", "none")
-    _, sampler = build_resumable_train_loader(loader_cfg)
+@pytest.mark.parametrize("rounding", [None, "stochastic", "ceil"])
+def test_resumable_sampler_skips_exactly_what_was_consumed(rounding):
+    """The stream a resumed run reads, for detectron2's TrainingSampler and both repeat-factor roundings (the
+    killed-and-resumed runs of test_resume.py and test_preemption.py end bit-identical on top of this)."""
+    if rounding is None:
+        _, sampler = build_resumable_train_loader(small_recipe("INPUT.RANDOM_FLIP", "none").train_loader(), 8)
+    else:
+        dataset = DatasetCatalog.get("efl_synth_test_train")
+        factors = RepeatFactorSampler.repeat_factors_from_category_frequency(dataset, 0.3)
+        sampler = ResumableSampler(RepeatFactorSampler(factors, rounding=rounding, seed=3))
     stream = iter(sampler)
-    first = [next(stream) for _ in range(10)]
-    sampler.skip = 4
+    first = [next(stream) for _ in range(300)]  # more than an epoch of the 120 images, enlarged or not
+    sampler.skip = 170
     resumed = iter(sampler)
-    assert [next(resumed) for _ in range(6)] == first[4:]
+    assert [next(resumed) for _ in range(130)] == first[170:]

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from detectron2.config import get_cfg
 
@@ -25,6 +26,39 @@ def load(path: Path):
 def test_every_config_parses(path):
     cfg = load(path)
     assert cfg.MODEL.META_ARCHITECTURE in ("RetinaNet", "EFLRetinaNet", "ImprovedRetinaNet")
+
+
+def _leaves(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _plain(value):
+    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_config_states_only_what_differs_from_its_base(path):
+    """A key a file sets differs from what its _BASE_ gives (detectron2's and add_efl_config's defaults for a file
+    without one): no default restated. VERSION, the format of every base file, excepted."""
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    base = get_cfg()
+    add_efl_config(base)
+    if "_BASE_" in data:
+        base.merge_from_file(str(path.parent / data.pop("_BASE_")))
+    restated = []
+    for key, value in _leaves(data):
+        inherited = base
+        for part in key.split("."):
+            inherited = inherited[part]
+        value = base._decode_cfg_value(value) if isinstance(value, str) else value
+        if key != "VERSION" and _plain(value) == _plain(inherited):
+            restated.append(key)
+    assert restated == []
 
 
 def lvis_data(cfg):

@@ -4,17 +4,18 @@ frequency group, plotted; and each mistake in it stops with a message that names
 """
 import json
 import logging
+from argparse import Namespace
 
 import pytest
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from conftest import DEMO_CONFIG, SMALL_OPTS, small_cfg
-from efl import ConfigError, check_config
+from conftest import DEMO_CONFIG, SMALL_OPTS, small_recipe, stops_before_any_process
+from efl import ConfigError, check, load
 from efl.data import TEST_SPEC, ensure_synthetic_lvis, register_dataset
 from efl.data.train_loader import build_resumable_train_loader
-from test_tools import plot_efl_stats
-from test_train_net import assert_stops_with, train_net
+from efl.engine import run
+import plot_efl_stats
 
 # The file's category ids: neither contiguous nor in 1..C, as COCO's are.
 CATEGORY_ID = {i + 1: 10 * (i + 1) + 3 for i in range(len(TEST_SPEC.image_counts))}
@@ -67,24 +68,33 @@ def registered(request):
         MetadataCatalog.remove(name)
 
 
-def test_registered_from_the_command_line_trains_evaluates_and_plots(own_data, tmp_path):
+def test_registered_from_the_command_line_trains_evaluates_and_plots(own_data, tmp_path, caplog):
+    """What train_net.py does with DATASETS.REGISTER on its command line (efl.config.load, then efl.engine.run, which
+    each process runs), in this process."""
     files, root = own_data
     register = f"(('mine_train', 'lvis', '{files['train']}', '{root}'), ('mine_val', 'lvis', '{files['val']}', '{root}'))"
-    run = train_net(
-        "--config-file", DEMO_CONFIG, *SMALL_OPTS, "DATASETS.REGISTER", register, "DATASETS.TRAIN", "('mine_train',)",
-        "DATASETS.TEST", "('mine_val',)", "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", tmp_path,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    log = run.stdout + run.stderr
+    opts = [
+        *SMALL_OPTS, "DATASETS.REGISTER", register, "DATASETS.TRAIN", "('mine_train',)", "DATASETS.TEST", "('mine_val',)",
+        "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path),
+    ]  # fmt: skip
+    try:
+        recipe = load(str(DEMO_CONFIG), opts)
+        check(recipe)
+        with caplog.at_level(logging.WARNING):
+            run(Namespace(eval_only=False, resume=False, trust_pickle=False, config_file=str(DEMO_CONFIG), opts=opts), recipe)
+        output = tmp_path / "stats.png"  # plot_efl_stats.py registers the run's datasets from its config.yaml
+        plot_efl_stats.main([str(tmp_path / "model_final.pth"), "--dataset", "mine_train", "--output", str(output)])
+    finally:
+        for name in ("mine_train", "mine_val"):
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+    log = " ".join(r.getMessage() for r in caplog.records)
     assert "1 annotations of" in log and f"annotation ids {NEGATIVE_BOX_ID}" in log
     with open(tmp_path / "inference" / "mine_val" / "results.json") as f:
         results = json.load(f)["bbox"]
     assert all(0.0 <= results[m] <= 100.0 for m in ("AP", "APr", "APc", "APf")), results
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.json")]
     assert {"efl/gamma_rare", "efl/gamma_common", "efl/gamma_frequent"} <= set(metrics[0])
-
-    output = tmp_path / "stats.png"
-    plot_efl_stats.main([str(tmp_path / "model_final.pth"), "--dataset", "mine_train", "--output", str(output)])
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -109,8 +119,7 @@ def test_coco_format_with_sparse_ids(own_data, registered, tmp_path):
         del image["neg_category_ids"], image["not_exhaustive_category_ids"]
     (tmp_path / "coco.json").write_text(json.dumps(data))
     name = registered("mine_coco", "coco", tmp_path / "coco.json", root)
-    cfg = small_cfg("DATASETS.TRAIN", (), "DATASETS.TEST", (name,))
-    check_config(cfg)  # images present, 8 classes
+    check(small_recipe("DATASETS.TRAIN", (), "DATASETS.TEST", (name,)))  # images present, 8 classes
     assert MetadataCatalog.get(name).evaluator_type == "coco"
     assert MetadataCatalog.get(name).thing_classes[0] == "red_circle"
 
@@ -124,29 +133,29 @@ def mutated(own_data, tmp_path, split, change):
     return path, root
 
 
-def check(registered, path, root, split):
+def check_split(registered, path, root, split):
     name = registered(f"mine_{split}_changed", "lvis", path, root)
     train, test = ((name,), ()) if split == "train" else ((), (name,))
-    check_config(small_cfg("DATASETS.TRAIN", train, "DATASETS.TEST", test))
+    check(small_recipe("DATASETS.TRAIN", train, "DATASETS.TEST", test))
 
 
 def test_an_annotation_of_an_unknown_category_names_the_file_and_annotation(own_data, registered, tmp_path):
     path, root = mutated(own_data, tmp_path, "train", lambda d: d["annotations"][3].update(category_id=7))
     annotation_id = json.loads(path.read_text())["annotations"][3]["id"]
     with pytest.raises(ConfigError, match=f"{path}: annotations\\[3\\] \\(id {annotation_id}\\) has category_id 7, which is not in 'categories'"):
-        check(registered, path, root, "train")
+        check_split(registered, path, root, "train")
 
 
 def test_missing_test_images_are_found_before_training(own_data, registered, tmp_path):
     path, root = mutated(own_data, tmp_path, "val", lambda d: d["images"][5].update(file_name="val/gone.jpg"))
     with pytest.raises(ConfigError, match=r"1 of the 24 images of dataset 'mine_val_changed' .* are missing, e.g. .*val/gone.jpg"):
-        check(registered, path, root, "val")
+        check_split(registered, path, root, "val")
 
 
 def test_lvis_evaluation_fields_are_required(own_data, registered, tmp_path):
     path, root = mutated(own_data, tmp_path, "val", lambda d: d["images"][0].pop("neg_category_ids"))
     with pytest.raises(ConfigError, match="1 images have no 'neg_category_ids'.*format 'coco'"):
-        check(registered, path, root, "val")
+        check_split(registered, path, root, "val")
 
 
 def test_every_training_image_missing_stops_before_training(own_data, registered, tmp_path):
@@ -156,14 +165,14 @@ def test_every_training_image_missing_stops_before_training(own_data, registered
 
     path, root = mutated(own_data, tmp_path, "train", move)
     with pytest.raises(ConfigError, match="120 of the 120 images .* are missing"):
-        check(registered, path, root, "train")
+        check_split(registered, path, root, "train")
 
 
 def test_malformed_json_names_the_file(own_data, registered, tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('{"images": [')
     with pytest.raises(ConfigError, match=f"dataset file {path} is not valid JSON"):
-        check(registered, path, own_data[1], "train")
+        check_split(registered, path, own_data[1], "train")
 
 
 def test_a_small_set_of_unreadable_images_stops_with_a_message(own_data, registered, tmp_path, caplog):
@@ -178,7 +187,7 @@ def test_a_small_set_of_unreadable_images_stops_with_a_message(own_data, registe
         (tmp_path / image["file_name"]).write_bytes(b"not an image")
     (tmp_path / "five.json").write_text(json.dumps(data))
     name = registered("mine_unreadable", "lvis", tmp_path / "five.json", tmp_path)
-    loader, _ = build_resumable_train_loader(small_cfg("DATASETS.TRAIN", (name,), "SOLVER.IMS_PER_BATCH", 2))
+    loader, _ = build_resumable_train_loader(small_recipe("DATASETS.TRAIN", (name,), "SOLVER.IMS_PER_BATCH", 2).train_loader(), 8)
     with caplog.at_level(logging.ERROR), pytest.raises(ConfigError, match="5 images in a row could not be read"):
         next(iter(loader))
 
@@ -191,5 +200,7 @@ def test_a_taken_name_is_refused(own_data):
 def test_malformed_dataset_json_stops_in_one_line(tmp_path):
     (tmp_path / "broken.json").write_text('{"images": [}')
     register = f"(('broken_train', 'lvis', '{tmp_path / 'broken.json'}', '{tmp_path}'),)"
-    run = train_net("--config-file", DEMO_CONFIG, *SMALL_OPTS, "DATASETS.REGISTER", register, "DATASETS.TRAIN", "('broken_train',)")
-    assert_stops_with(run, f"dataset file {tmp_path / 'broken.json'} is not valid JSON")
+    message = stops_before_any_process(
+        "--config-file", DEMO_CONFIG, *SMALL_OPTS, "DATASETS.REGISTER", register, "DATASETS.TRAIN", "('broken_train',)"
+    )
+    assert f"dataset file {tmp_path / 'broken.json'} is not valid JSON" in message

@@ -12,7 +12,13 @@ from detectron2.evaluation import LVISEvaluator as D2LVISEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from conftest import small_cfg
-from efl.evaluation import LVISEvaluator, build_evaluator, numpy_float_alias
+from efl.config import build_evaluator
+from efl.evaluation import LVISEvaluator, numpy_float_alias
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _generated():
+    DatasetCatalog.get("efl_synth_test_val")  # generates the embedded set, whose annotation file evaluators read
 
 
 def test_np_float_exists_only_inside_the_alias():

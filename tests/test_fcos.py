@@ -168,21 +168,6 @@ def test_half_empty_batch_trains_with_finite_losses_and_statistics():
     assert (stats.pos_neg[[1, 4, 6]] > 0).all() and (stats.pos_neg[[0, 2, 3, 5, 7]] == 0).all()
 
 
-@pytest.mark.parametrize("classes", [[NUM_CLASSES], [-1], [2, 11]])
-def test_built_alone_it_refuses_ground_truth_classes_outside_its_range_naming_the_image(classes):
-    """Outside train_net.py's loader (which checks every annotation), the model checks its inputs' classes: a class
-    of C would otherwise train as background and -1 be ignored, without a word."""
-    model = build()
-    inputs = make_inputs([([[10, 10, 40, 50]] * len(classes), classes), BOXES[1]])
-    inputs[0]["file_name"] = "bad.jpg"
-    with EventStorage(), pytest.raises(ValueError) as error:
-        model(inputs)
-    assert f"'bad.jpg' has ground-truth classes {sorted(classes)}, outside [0, {NUM_CLASSES})" in str(error.value)
-    model.check_gt_classes = False  # as when train_net.py's loader checks them
-    with EventStorage():
-        model(make_inputs([([[10, 10, 40, 50]], [NUM_CLASSES - 1])]))
-
-
 def test_inference_on_the_cpu_returns_instances_and_leaves_the_statistics_alone():
     model = build(test_score_thresh=0.0).eval()
     before = {k: v.clone() for k, v in model.cls_loss.state_dict().items()}

@@ -1,8 +1,8 @@
 """
 No per-step host syncs of our own: a training step of every EFL detector reads no tensor value back to the host
-outside detectron2's own code (listed below) when trained as train_net.py trains it (its loader checks the
-annotations' classes); the loss, and a detector trained on another loader, still refuse bad labels.
-Counted on the CPU with benchmarks/host_syncs.py, as host reads of tensor values (what would sync on CUDA).
+outside detectron2's own code (listed below); the classes of the annotations are checked once, on the CPU, by the
+training loader. Counted on the CPU with benchmarks/host_syncs.py, as host reads of tensor values (what would sync on
+CUDA).
 """
 import sys
 
@@ -17,7 +17,6 @@ from conftest import REPO, small_cfg
 from efl import EqualizedFocalLoss, EqualizedQualityFocalLoss
 from efl.data.train_loader import CheckAnnotatedClasses
 from efl.losses import torch_kernel
-from efl.modeling.efl_detector import leave_class_check_to_the_loader
 from test_fcos import BOXES as FCOS_BOXES
 from test_fcos import build as build_fcos
 from test_fcos import make_inputs as make_fcos_inputs
@@ -65,10 +64,8 @@ def step_model(name):
     return build_model(small_cfg(*MODELS[name])).train(), make_inputs(INPUTS)
 
 
-def host_reads_of_a_step(name, iteration, loader_checks_classes=True):
+def host_reads_of_a_step(name, iteration):
     model, inputs = step_model(name)
-    if loader_checks_classes:
-        leave_class_check_to_the_loader(model)  # as train_net.py's trainers do
     with EventStorage(start_iter=iteration):
         with HostSyncs("cpu") as reads:
             sum(model(inputs).values()).backward()
@@ -83,13 +80,6 @@ def test_a_training_step_reads_nothing_back_outside_detectron2(model):
     assert set(reads.by_site()) <= (FCOS_READS if model == "EFLFCOS" else DETECTRON2_READS)
 
 
-@pytest.mark.parametrize("model", ["EFLRetinaNet", "EFLFCOS"])
-def test_on_another_loader_a_detector_reads_its_classes_once_from_the_inputs(model):
-    reads = host_reads_of_a_step(model, iteration=1, loader_checks_classes=False)
-    ours = [(s.path, s.function) for s in reads.sites if s.path.startswith("efl")]
-    assert ours == [("efl/data/train_loader.py", "out_of_range_classes")]  # the inputs' (CPU) classes: no GPU sync
-
-
 def test_logging_iterations_read_the_logged_values_once():
     reads = host_reads_of_a_step("EFLRetinaNet", iteration=20)
     ours = {(s.path, s.function) for s in reads.sites if s.path.startswith("efl")}
@@ -100,7 +90,7 @@ def test_the_chunked_torch_path_reads_nothing_back(monkeypatch):
     monkeypatch.setattr(torch_kernel, "CHUNK_CELLS", 7 * 5)  # many blocks
     levels, labels = dense_problem()
     quality = torch.rand(labels.shape)
-    for module in (EqualizedFocalLoss(7, check_labels=False), EqualizedQualityFocalLoss(7, check_labels=False)):
+    for module in (EqualizedFocalLoss(7), EqualizedQualityFocalLoss(7)):
         leaves = [x.clone().requires_grad_() for x in levels]
         with HostSyncs("cpu") as reads:
             module.train().forward_dense(leaves, labels, torch.tensor(3.0), quality).backward()
@@ -108,27 +98,14 @@ def test_the_chunked_torch_path_reads_nothing_back(monkeypatch):
         assert module.neg_grad.sum() > 0
 
 
-def test_the_label_check_is_the_only_read_of_a_direct_call_and_still_raises():
-    levels, labels = dense_problem()
-    with HostSyncs("cpu") as reads:
-        EqualizedFocalLoss(7).forward_dense(levels, labels)
-    assert [s.path for s in reads.sites] == ["efl/losses/equalized_focal_loss.py"] * 2  # the labels' min and max
-    with pytest.raises(ValueError, match=r"\[-1, 3\]"):
-        EqualizedFocalLoss(3)(torch.zeros(2, 3), torch.tensor([0, 4]))
-
-
-def test_unchecked_labels_above_c_act_as_background_and_below_minus_one_as_ignored():
+def test_labels_above_c_act_as_background_and_below_minus_one_as_ignored():
+    """The loss never reads its labels back (the training loader checks the classes they come from)."""
     logits = torch.randn(4, 3)
-    loss = EqualizedFocalLoss(3, check_labels=False)
+    loss = EqualizedFocalLoss(3)
+    with HostSyncs("cpu") as reads:
+        loss(logits, torch.tensor([0, 7, -5, 3]))
+    assert reads.sites == []
     assert torch.equal(loss(logits, torch.tensor([0, 7, -5, 3])), loss(logits, torch.tensor([0, 3, -1, 3])))
-
-
-def test_the_detectors_check_their_classes_and_leave_it_to_the_loader_when_told():
-    models = [build_model(small_cfg(*opts)) for opts in MODELS.values()] + [build_fcos()]
-    for model in models:
-        assert model.cls_loss.check_labels is False and model.check_gt_classes is True
-        leave_class_check_to_the_loader(model)
-        assert model.check_gt_classes is False
 
 
 def test_the_training_loader_refuses_an_annotation_of_an_unknown_class_naming_the_image():
@@ -141,8 +118,8 @@ def test_the_training_loader_refuses_an_annotation_of_an_unknown_class_naming_th
     assert CheckAnnotatedClasses(mapper([]), 8)({"file_name": "a.jpg"}) is not None
     assert CheckAnnotatedClasses(lambda d: None, 8)({"file_name": "a.jpg"}) is None  # an unreadable image
     for bad in ([0, 8], [-1, 2]):
-        with pytest.raises(ValueError, match=r"'b.jpg'.*outside \[0, 8\).*NUM_CLASSES"):
-            CheckAnnotatedClasses(mapper(bad), 8)({"file_name": "b.jpg"})
+        with pytest.raises(ValueError, match=r"'b.jpg'.*outside \[0, 8\).*\(MODEL.RETINANET.NUM_CLASSES is 8\)"):
+            CheckAnnotatedClasses(mapper(bad), 8, "MODEL.RETINANET.NUM_CLASSES")({"file_name": "b.jpg"})
 
 
 def test_giou_loss_has_fvcores_values_and_gradients():
@@ -172,7 +149,6 @@ def test_giou_loss_has_fvcores_values_and_gradients():
 def test_cuda_training_step_syncs_only_in_detectron2(model):
     model, inputs = step_model(model)
     model = model.cuda()
-    leave_class_check_to_the_loader(model)
     with EventStorage(start_iter=0) as storage:
         for iteration in (1, 2):  # the first call checks and tunes the Triton kernel
             storage.iter = iteration

@@ -1,7 +1,6 @@
 """Converting the authors' released checkpoints, and the conventions of the detector that evaluates them."""
 import re
-import subprocess
-import sys
+from argparse import Namespace
 
 import pytest
 import torch
@@ -10,10 +9,12 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
+import convert_released_checkpoint
 from conftest import REPO
-from efl import add_efl_config
-from efl.released_checkpoint import ConversionError, convert_state_dict, detect_layout, unwrap
-from test_train_net import read_results, train_net
+from efl import add_efl_config, check, load
+from efl.engine import run
+from released_checkpoint import ConversionError, convert_state_dict, detect_layout, unwrap
+from test_train_net import read_results
 
 KEY_LISTS = {50: "up_efl_r50_keys.txt", 101: "up_efl_r101_keys.txt"}
 # `key [shape]` of every tensor in the released files, in their order (established from the official code)
@@ -164,23 +165,20 @@ def test_per_level_cap_clipping_and_300_detections():
     assert model.max_detections_per_image == 300 and model.test_nms_thresh == 0.5 and model.test_score_thresh == 0.0
 
 
-def test_eval_only_on_a_converted_checkpoint(tmp_path):
+def test_eval_only_on_a_converted_checkpoint(tmp_path, capsys):
+    """The converter's command line, then what each process of train_net.py --eval-only runs (efl.engine.run)."""
     checkpoint, _ = synthetic_released_file(50, num_classes=8, seed=5)
     torch.save(checkpoint, tmp_path / "released.pth")
-    convert = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "convert_released_checkpoint.py"), str(tmp_path / "released.pth"),
-         str(tmp_path / "converted.pth")],
-        capture_output=True, text=True, cwd=REPO,
-    )  # fmt: skip
-    assert convert.returncode == 0, convert.stderr[-2000:]
-    assert "classification channels: anchor-first" in convert.stdout
-    run = train_net(
-        "--config-file", REPO / "configs" / "LVISv1" / "released_improved_R_50.yaml", "--eval-only",
-        "MODEL.WEIGHTS", tmp_path / "converted.pth", "MODEL.DEVICE", "cpu", "MODEL.RETINANET.NUM_CLASSES", "8",
+    convert_released_checkpoint.main([str(tmp_path / "released.pth"), str(tmp_path / "converted.pth")])
+    assert "classification channels: anchor-first" in capsys.readouterr().out
+    config = str(REPO / "configs" / "LVISv1" / "released_improved_R_50.yaml")
+    opts = [
+        "MODEL.WEIGHTS", str(tmp_path / "converted.pth"), "MODEL.DEVICE", "cpu", "MODEL.RETINANET.NUM_CLASSES", "8",
         "DATASETS.TEST", "('efl_synth_test_val',)", "DATASETS.TRAIN", "('efl_synth_test_train',)",
-        "INPUT.MIN_SIZE_TEST", "128", "TEST.DETECTIONS_PER_IMAGE", "100", "OUTPUT_DIR", tmp_path / "out",
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
+        "INPUT.MIN_SIZE_TEST", "128", "TEST.DETECTIONS_PER_IMAGE", "100", "OUTPUT_DIR", str(tmp_path / "out"),
+    ]  # fmt: skip
+    recipe = load(config, opts)
+    check(recipe, eval_only=True)
+    run(Namespace(eval_only=True, resume=False, trust_pickle=False, config_file=config, opts=opts), recipe)
     results = read_results(tmp_path / "out")
     assert all(0.0 <= results[m] <= 100.0 for m in ("AP", "APr", "APc", "APf")), results
-    assert "copypaste: AP,AP50,AP75,APs,APm,APl,APr,APc,APf" in run.stdout + run.stderr

@@ -1,5 +1,5 @@
 """
-MODEL.EFL.RESET_STATISTICS (yacs) and train.reset_efl_statistics (LazyConfig), through the trainers' own loading
+MODEL.EFL.RESET_STATISTICS (yacs) and train.reset_efl_statistics (LazyConfig), through the engine's own loading
 code: the EFL statistics (and the moving-average normaliser) start afresh after loading weights to fine-tune from,
 and are kept when a run resumes from its own checkpoint.
 """
@@ -10,11 +10,9 @@ from detectron2.config import instantiate
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from conftest import REPO, small_cfg
-from dist_worker import load_train_net
-from efl.engine import EFLCheckpointer
-from efl.engine.lazy import build_lazy_trainer, resume_or_load
-from efl.lazy_config import load_lazy_config
+from conftest import REPO, small_cfg, small_recipe
+from efl.config import LazyRecipe, load_lazy_config
+from efl.engine import EFLCheckpointer, build_training
 from test_fcos import BOXES as FCOS_BOXES
 from test_fcos import make_inputs as make_fcos_inputs
 from test_retinanet import make_inputs
@@ -54,14 +52,13 @@ def test_yacs_reset_statistics_after_loading_weights_not_on_resume(tmp_path, res
     torch.manual_seed(0)
     inputs = make_inputs([([[10, 10, 40, 50]], [1]), ([[20, 20, 80, 80]], [6])])
     state = trained(build_model(small_cfg()), inputs, tmp_path)
-    cfg = small_cfg(
-        "MODEL.WEIGHTS", str(tmp_path / "trained.pth"), "MODEL.EFL.RESET_STATISTICS", "True",
-        "OUTPUT_DIR", str(tmp_path if resume else tmp_path / "fine-tune"),
+    recipe = small_recipe(
+        "MODEL.WEIGHTS", tmp_path / "trained.pth", "MODEL.EFL.RESET_STATISTICS", "True",
+        "OUTPUT_DIR", tmp_path if resume else tmp_path / "fine-tune",
     )  # fmt: skip
-    trainer = load_train_net().Trainer(cfg)
-    trainer.resume_or_load(resume=resume)
-    assert (trainer.start_iter > 0) == resume
-    assert_loaded(trainer.model, state, reset=not resume, normalizer_start=100.0)
+    training = build_training(recipe, resume=resume)
+    assert (training.start_iter > 0) == resume
+    assert_loaded(training.trainer.model, state, reset=not resume, normalizer_start=100.0)
 
 
 @pytest.mark.parametrize("resume", [False, True])
@@ -75,6 +72,6 @@ def test_lazy_config_reset_statistics_after_loading_weights_not_on_resume(tmp_pa
         [f"train.init_checkpoint={tmp_path / 'trained.pth'}", "train.reset_efl_statistics=True",
          f"train.output_dir={output_dir}"],
     )  # fmt: skip
-    trainer, checkpointer, sampler = build_lazy_trainer(cfg)
-    assert (resume_or_load(cfg, trainer, checkpointer, sampler, resume) > 0) == resume
-    assert_loaded(trainer.model, state, reset=not resume, normalizer_start=300.0)
+    training = build_training(LazyRecipe(cfg), resume=resume)
+    assert (training.start_iter > 0) == resume
+    assert_loaded(training.trainer.model, state, reset=not resume, normalizer_start=300.0)

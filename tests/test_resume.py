@@ -16,10 +16,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, small_cfg
+from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, assert_stops_with, small_cfg
 from efl import ConfigError
 from efl.engine import EFLCheckpointer
-from test_train_net import assert_stops_with
 
 # Deterministic on the CPU: constant learning rate (no schedule that depends on MAX_ITER), no random flip (the
 # augmentation's random state is not part of a checkpoint), no evaluation. A checkpoint every 2 iterations.
@@ -29,8 +28,6 @@ DETERMINISTIC = [
 ]  # fmt: skip
 SAMPLERS = {
     "TrainingSampler": [],
-    # the test set's rarest classes repeat (threshold 0.1 of 120 images: classes in fewer than 12)
-    "RepeatFactorTrainingSampler": ["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "0.1"],
     # the official rounding: with threshold 0.3 the test set's 120 images enlarge to 189 (each repeated ceil(r)
     # times, 1 to 5), so a run killed after its first checkpoint stops in the middle of the first enlarged epoch
     "ceil": [
@@ -73,10 +70,10 @@ def kill_after_first_checkpoint(command, output_dir):
     assert not (output_dir / "model_final.pth").exists(), "the run ended before it was killed"
 
 
-@pytest.mark.parametrize(
-    "num_processes,sampler", [(1, "TrainingSampler"), (2, "RepeatFactorTrainingSampler"), (2, "ceil")]
-)
+@pytest.mark.parametrize("num_processes,sampler", [(1, "TrainingSampler"), (2, "ceil")])
 def test_a_killed_run_resumed_ends_as_the_uninterrupted_one(tmp_path, num_processes, sampler):
+    """(detectron2's stochastic repeat-factor rounding resumes its own stream exactly as these samplers do:
+    test_bad_input.py; the engine resumes every sampler the same way.)"""
     killed = tmp_path / "killed"
     kill_after_first_checkpoint(command(killed, num_processes, sampler), killed)
     resuming = run_to_the_end(*command(killed, num_processes, sampler, "--resume"))
@@ -94,8 +91,8 @@ def test_a_killed_run_resumed_ends_as_the_uninterrupted_one(tmp_path, num_proces
         assert key in model
     for key, value in expected.items():
         assert torch.equal(model[key], value), key
-    optimizer = resumed["trainer"]["_trainer"]["optimizer"]
-    expected_optimizer = uninterrupted["trainer"]["_trainer"]["optimizer"]
+    optimizer = resumed["trainer"]["optimizer"]
+    expected_optimizer = uninterrupted["trainer"]["optimizer"]
     assert optimizer["state"].keys() == expected_optimizer["state"].keys()
     for index, state in expected_optimizer["state"].items():
         assert torch.equal(optimizer["state"][index]["momentum_buffer"], state["momentum_buffer"]), index

@@ -1,7 +1,5 @@
 """A crafted file that would run code when unpickled is refused everywhere, unless --trust-pickle says otherwise."""
 import pickle
-import subprocess
-import sys
 from collections import OrderedDict
 
 import numpy as np
@@ -10,10 +8,11 @@ import torch
 
 from detectron2.modeling import build_model
 
-from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, small_cfg
-from efl.engine import EFLCheckpointer
-from efl.safe_loading import UnreadableFileError, UnsafeFileError, check_pickle_file, load_torch_file
-from test_train_net import assert_stops_with, train_net
+import convert_released_checkpoint
+import plot_efl_stats
+from conftest import small_cfg, small_recipe
+from efl.engine import EFLCheckpointer, evaluate_weights
+from efl.engine.safe_loading import UnreadableFileError, UnsafeFileError, check_pickle_file, load_torch_file
 
 
 class CreatesMarker:
@@ -91,17 +90,20 @@ def test_checkpointer_loads_an_imagenet_style_pkl_partially(tmp_path):
 
 def test_tools_refuse_a_payload(tmp_path, marker):
     path = hostile(tmp_path / "evil.pth", marker, "zip")
-    for tool, extra in (("convert_released_checkpoint.py", [str(tmp_path / "out.pth")]), ("plot_efl_stats.py", ["--dataset", "efl_synth_test_train"])):
-        run = subprocess.run(
-            [sys.executable, str(REPO / "tools" / tool), str(path), *extra], capture_output=True, text=True, cwd=REPO
-        )
-        assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
-        assert "--trust-pickle" in run.stderr and "io.open" in run.stderr
+    for tool, extra in (
+        (convert_released_checkpoint, [str(tmp_path / "out.pth")]),
+        (plot_efl_stats, ["--dataset", "efl_synth_test_train"]),
+    ):
+        with pytest.raises(SystemExit, match=r"^\w+\.py: error: .*io\.open.*--trust-pickle"):
+            tool.main([str(path), *extra])
     assert not marker.exists()
 
 
-def test_eval_only_refuses_a_payload_in_one_line(tmp_path, marker):
+def test_eval_only_refuses_a_payload(tmp_path, marker):
+    """Where each process of train_net.py --eval-only loads the weights (its command line turns the error into one
+    line: test_train_net.py's corrupt weights)."""
     path = hostile(tmp_path / "evil.pth", marker, "zip")
-    run = train_net("--config-file", DEMO_CONFIG, "--eval-only", *SMALL_OPTS, "MODEL.WEIGHTS", path, "OUTPUT_DIR", tmp_path / "out")
-    assert_stops_with(run, "io.open", "--trust-pickle")
-    assert not marker.exists() and "weights_only=False" not in run.stderr
+    recipe = small_recipe("MODEL.WEIGHTS", path, "OUTPUT_DIR", tmp_path / "out")
+    with pytest.raises(UnsafeFileError, match=r"io\.open.*--trust-pickle"):
+        evaluate_weights(recipe, resume=False)
+    assert not marker.exists() and not (tmp_path / "out" / "inference").exists()

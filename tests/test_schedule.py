@@ -18,14 +18,16 @@ import torch
 from detectron2.config import get_cfg, instantiate
 from detectron2.data import DatasetCatalog, get_detection_dataset_dicts
 from detectron2.data.datasets.lvis import load_lvis_json
-from detectron2.data.samplers import RepeatFactorTrainingSampler
+from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 
-from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, small_cfg
-from efl import ConfigError, check_config
-from efl.data.samplers import RepeatFactorSampler, build_epoch_sampler
+from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, small_cfg, small_recipe
+from efl import ConfigError, check
+from efl.config import LazyRecipe, YacsRecipe, load, load_lazy_config
+from efl.data.samplers import RepeatFactorSampler, epoch_size_of
 from efl.data.train_loader import ResumableSampler
-from efl.engine import resolve_epoch_schedule, with_epoch_schedule, with_lazy_epoch_schedule
-from efl.lazy_config import load_lazy_config
+from efl.engine import EpochSchedule, resolve_epoch_schedule
+from efl.engine.schedule import resolve_and_log
+from schedule_worker import report
 
 # The toy set: 9 images, of which the last has no annotation (detectron2 drops it: 8 images remain). Categories
 # 1-4 are in 8, 4, 2 and 1 of them. With REPEAT_THRESHOLD t = 1, r_c = max(1, sqrt(t / f_c)) = 1, sqrt(2) = 1.414,
@@ -60,8 +62,9 @@ def toy_lvis(tmp_path_factory):
 
 
 def toy_sampler(*opts):
-    cfg = small_cfg("DATASETS.TRAIN", ("efl_toy_lvis_train",), *TOY_OPTS, *opts)
-    return build_epoch_sampler(cfg, get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=True))
+    """The training sampler of the yacs front-end over the toy set, and its images per epoch."""
+    arguments = small_recipe("DATASETS.TRAIN", ("efl_toy_lvis_train",), *TOY_OPTS, *opts).train_loader().arguments
+    return arguments["sampler"], epoch_size_of(arguments["sampler"], len(arguments["dataset"]))
 
 
 def test_the_toy_set_enlarges_to_the_hand_computed_sizes(toy_lvis):
@@ -70,7 +73,8 @@ def test_the_toy_set_enlarges_to_the_hand_computed_sizes(toy_lvis):
     assert size == 15 and isinstance(size, int)
     _, size = toy_sampler("DATALOADER.REPEAT_ROUNDING", "stochastic")
     assert size == pytest.approx(TOY_EXPECTED_SIZE, rel=1e-6)
-    assert toy_sampler("DATALOADER.SAMPLER_TRAIN", "TrainingSampler") == (None, 8)  # detectron2 builds that one
+    sampler, size = toy_sampler("DATALOADER.SAMPLER_TRAIN", "TrainingSampler")  # detectron2's, 8 annotated images
+    assert type(sampler) is TrainingSampler and size == 8
 
 
 def epochs_of(stream, size, count):
@@ -116,48 +120,65 @@ def test_schedule_resolution_known_answers():
         resolve_epoch_schedule(0, 16, 24)
 
 
-def test_with_epoch_schedule_sets_iterations_and_leaves_iteration_configs_alone(caplog):
-    cfg = small_cfg(*TOY_OPTS, "DATALOADER.REPEAT_ROUNDING", "ceil", "SOLVER.IMS_PER_BATCH", "2")
-    cfg.freeze()
-    assert with_epoch_schedule(cfg, 15) is cfg  # SOLVER.MAX_EPOCHS 0
-    cfg = small_cfg(
-        *TOY_OPTS, "DATALOADER.REPEAT_ROUNDING", "ceil", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_EPOCHS", "3",
-        "SOLVER.EPOCH_STEPS", "(2, 2.5)", "SOLVER.WARMUP_EPOCHS", "0.5",
+LINE = (
+    "3 epochs of 15 images after repeat-factor enlargement (each image ceil(r) times) at batch 2 = 8 iterations "
+    "per epoch, 24 iterations; LR steps at 16 (epoch 2), 20 (epoch 2.5); warm-up 4 iterations (0.5 epochs)"
+)
+# the learning rate multiplier of that schedule: a linear warm-up from 0.001 over 4 iterations, x0.1 at 16 and 20
+MULTIPLIERS = [0.001 + 0.999 * i / 4 for i in range(4)] + [1.0] * 12 + [0.1] * 4 + [0.01] * 4
+
+
+def test_an_epoch_schedule_is_resolved_once_with_one_line(caplog):
+    with caplog.at_level("INFO", logger="efl.engine.schedule"):
+        resolved = resolve_and_log(EpochSchedule(3, (2, 2.5), 0.5), 15, 2, "ceil")
+    assert resolved == (8, 24, (16, 20), 4) and caplog.messages == [LINE]
+
+
+def lrs(scheduler, optimizer, max_iter):
+    """The learning rate of each iteration under a recipe's scheduler (a ParamScheduler or a torch scheduler)."""
+    from detectron2.solver import LRMultiplier
+
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+        scheduler = LRMultiplier(optimizer, scheduler, max_iter)
+    values = []
+    for _ in range(max_iter):
+        values.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    return values
+
+
+def test_both_front_ends_set_the_resolved_iterations_in_their_lr_schedule():
+    resolved = resolve_epoch_schedule(15, 2, 3, (2, 2.5), 0.5)
+    yacs = small_recipe(
+        *TOY_OPTS, "SOLVER.IMS_PER_BATCH", "2", "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.MAX_ITER",
+        "40000", "SOLVER.WARMUP_ITERS", "1000", "SOLVER.MAX_EPOCHS", "3", "SOLVER.EPOCH_STEPS", "(2, 2.5)",
+        "SOLVER.WARMUP_EPOCHS", "0.5",
     )  # fmt: skip
-    cfg.freeze()
-    with caplog.at_level("INFO", logger="efl.engine.schedule"):
-        resolved = with_epoch_schedule(cfg, 15)
-    solver = resolved.SOLVER
-    assert (solver.MAX_ITER, tuple(solver.STEPS), solver.WARMUP_ITERS) == (24, (16, 20), 4)
-    assert resolved.is_frozen() and cfg.SOLVER.MAX_ITER == 3  # a copy
-    assert caplog.messages == [
-        "3 epochs of 15 images after repeat-factor enlargement (each image ceil(r) times) at batch 2 = 8 iterations "
-        "per epoch, 24 iterations; LR steps at 16 (epoch 2), 20 (epoch 2.5); warm-up 4 iterations (0.5 epochs)"
-    ]
+    assert yacs.settings.epochs == (3, (2, 2.5), 0.5) and yacs.settings.max_iter is None
+    lazy = LazyRecipe(load_lazy_config(
+        str(REPO / "tests" / "configs" / "fcos_tiny_epochs.py"),
+        ["dataloader.train.total_batch_size=2", "train.max_epochs=3", "train.epoch_steps=[2,2.5]",
+         "train.warmup_epochs=0.5", "lr_multiplier.scheduler.values=[1.0,0.1,0.01]"],
+    ))  # fmt: skip
+    assert lazy.settings.epochs == (3, (2, 2.5), 0.5) and lazy.settings.max_iter is None
+    for recipe in (yacs, lazy):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+        assert lrs(recipe.build_lr_scheduler(optimizer, resolved), optimizer, 24) == pytest.approx(
+            [0.5 * m for m in MULTIPLIERS], rel=1e-9
+        )
+    assert lazy.config.train.max_iter == 24
+    assert list(lazy.config.lr_multiplier.scheduler.milestones) == [16, 20]
 
 
-def test_a_lazy_config_resolves_the_same_schedule_with_the_same_line(caplog):
-    """train.max_epochs, epoch_steps and warmup_epochs: train.max_iter and lr_multiplier's iterations."""
-    config = str(REPO / "tests" / "configs" / "fcos_tiny_epochs.py")
-    cfg = load_lazy_config(config, ["train.max_epochs=null"])
-    with_lazy_epoch_schedule(cfg, 15, "ceil")
-    assert cfg.train.max_iter is None and cfg.lr_multiplier.scheduler.milestones is None  # counted in iterations
-    overrides = [
-        "dataloader.train.total_batch_size=2", "train.max_epochs=3", "train.epoch_steps=[2,2.5]",
-        "train.warmup_epochs=0.5", "lr_multiplier.scheduler.values=[1.0,0.1,0.01]",
-    ]  # fmt: skip
-    cfg = load_lazy_config(config, overrides)
-    with caplog.at_level("INFO", logger="efl.engine.schedule"):
-        with_lazy_epoch_schedule(cfg, 15, "ceil")
-    assert caplog.messages == [  # the yacs path's line for the same schedule (above)
-        "3 epochs of 15 images after repeat-factor enlargement (each image ceil(r) times) at batch 2 = 8 iterations "
-        "per epoch, 24 iterations; LR steps at 16 (epoch 2), 20 (epoch 2.5); warm-up 4 iterations (0.5 epochs)"
-    ]
-    assert cfg.train.max_iter == 24
-    assert (list(cfg.lr_multiplier.scheduler.milestones), cfg.lr_multiplier.scheduler.num_updates) == ([16, 20], 24)
-    multiplier = instantiate(cfg.lr_multiplier)
-    expected = [0.001 + 0.999 * i / 4 for i in range(4)] + [1.0] * 12 + [0.1] * 4 + [0.01] * 4
-    assert [multiplier(i / 24) for i in range(24)] == pytest.approx(expected, rel=1e-9)
+def test_a_schedule_in_iterations_is_the_configs_own():
+    yacs = small_recipe("SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.STEPS", "(2,)", "SOLVER.MAX_ITER", "3")
+    assert yacs.settings.epochs is None and yacs.settings.max_iter == 3
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.02)
+    assert lrs(yacs.build_lr_scheduler(optimizer, None), optimizer, 3) == pytest.approx(
+        [0.02 * 0.001, 0.02, 0.002], rel=1e-9
+    )
+    lazy = LazyRecipe(load_lazy_config(str(REPO / "tests" / "configs" / "fcos_tiny.py")))
+    assert lazy.settings.epochs is None and lazy.settings.max_iter == 3
 
 
 @pytest.mark.parametrize(
@@ -176,7 +197,7 @@ def test_schedule_settings_that_cannot_run_stop_with_a_message(opts, message):
         if f"SOLVER.{key}" not in opts:
             cfg.SOLVER[key] = get_cfg().SOLVER[key]
     with pytest.raises(ConfigError) as error:
-        check_config(cfg)
+        check(YacsRecipe(cfg))
     assert message in str(error.value)
 
 
@@ -186,29 +207,38 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("num_processes", [1, 2])
-def test_train_net_resolves_the_same_schedule_in_every_process(toy_lvis, tmp_path, num_processes):
+def schedule_opts(output_dir):
     # global batch 2 (1 image per process with 2 processes): 15 enlarged images = 8 iterations per epoch
-    opts = [
+    return [
         *SMALL_OPTS, *TOY_OPTS, "DATASETS.TRAIN", "('efl_toy_lvis_train',)", "MODEL.RETINANET.NUM_CLASSES", "4",
         "DATALOADER.REPEAT_ROUNDING", "ceil", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.LR_SCHEDULER_NAME",
         "WarmupMultiStepLR", "SOLVER.MAX_ITER", "40000", "SOLVER.WARMUP_ITERS", "1000", "SOLVER.MAX_EPOCHS", "3",
-        "SOLVER.EPOCH_STEPS", "(2, 2.5)", "SOLVER.WARMUP_EPOCHS", "0.5", "OUTPUT_DIR", str(tmp_path),
+        "SOLVER.EPOCH_STEPS", "(2, 2.5)", "SOLVER.WARMUP_EPOCHS", "0.5", "OUTPUT_DIR", str(output_dir),
     ]  # fmt: skip
+
+
+def assert_reports(output_dir, num_processes):
+    base_lr = small_cfg().SOLVER.BASE_LR
+    for rank in range(num_processes):
+        result = json.loads((output_dir / f"schedule_rank{rank}.json").read_text())
+        assert result["world_size"] == num_processes and result["max_iter"] == 24
+        assert result["lrs"] == pytest.approx([base_lr * m for m in MULTIPLIERS], rel=1e-9)
+
+
+def test_the_training_resolves_the_schedule_from_its_sampler(toy_lvis, tmp_path):
+    report(None, load(str(DEMO_CONFIG), schedule_opts(tmp_path)))
+    assert_reports(tmp_path, 1)
+
+
+def test_every_process_resolves_the_same_schedule(toy_lvis, tmp_path):
+    """2 gloo processes, started by detectron2's launch as train_net.py starts them."""
     run = subprocess.run(
         [sys.executable, str(REPO / "tests" / "schedule_worker.py"), "--config-file", str(DEMO_CONFIG),
-         "--num-gpus", str(num_processes), "--dist-url", f"tcp://127.0.0.1:{free_port()}", *opts],
-        capture_output=True, text=True, env={**os.environ, "EFL_TOY_LVIS": str(toy_lvis)}, timeout=600,
+         "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{free_port()}", *schedule_opts(tmp_path)],
+        capture_output=True, text=True, env={**os.environ, "EFL_TOY_LVIS": str(toy_lvis), "OMP_NUM_THREADS": "1"},
+        timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     output = run.stdout + run.stderr
-    line = "3 epochs of 15 images after repeat-factor enlargement (each image ceil(r) times) at batch 2 = 8 "
-    assert output.count(line) == 1, output[-4000:]  # printed by the main process
-    base_lr = small_cfg().SOLVER.BASE_LR
-    warmup = [base_lr * (0.001 + 0.999 * i / 4) for i in range(4)]
-    expected_lrs = warmup + [base_lr] * 12 + [base_lr * 0.1] * 4 + [base_lr * 0.01] * 4
-    for rank in range(num_processes):
-        report = json.loads((tmp_path / f"schedule_rank{rank}.json").read_text())
-        assert report["world_size"] == num_processes
-        assert report["max_iter"] == 24 and report["solver"] == [24, [16, 20], 4]
-        assert report["lrs"] == pytest.approx(expected_lrs, rel=1e-9)
+    assert output.count(LINE) == 1, output[-4000:]  # printed by the main process
+    assert_reports(tmp_path, 2)

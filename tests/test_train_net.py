@@ -1,44 +1,27 @@
-"""train_net.py end to end on the synthetic set, and the messages it stops with on bad input."""
+"""
+train_net.py end to end on the synthetic set (a real run, shared with other test modules), the engine's run of every
+detector of the yacs configs, and the one-line messages train_net.py stops with on bad input: those found before any
+process starts (in this process, through train_net.py's own main), and those found by a real run.
+"""
 import json
-import os
-import subprocess
-import sys
+from argparse import Namespace
 
 import pytest
 import torch
 
-from conftest import DEMO_CONFIG, REPO, SMALL_OPTS
+from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, assert_stops_with, small_recipe, stops_before_any_process, train_net
+from efl.engine import run, train
 
 LVIS_CONFIG = REPO / "configs" / "LVISv1" / "retinanet_R_50_FPN_24ep_efl.yaml"
 
 
-def train_net(*args, env=None):
-    return subprocess.run(
-        [sys.executable, str(REPO / "train_net.py"), *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
-
-
-def read_results(output_dir):
-    with open(output_dir / "inference" / "efl_synth_test_val" / "results.json") as f:
+def read_results(output_dir, dataset="efl_synth_test_val"):
+    with open(output_dir / "inference" / dataset / "results.json") as f:
         return json.load(f)["bbox"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A few iterations of EFLRetinaNet with the project's DefaultTrainer, evaluated at the end."""
-    out = tmp_path_factory.mktemp("train")
-    run = train_net("--config-file", DEMO_CONFIG, *SMALL_OPTS, "SOLVER.MAX_ITER", 4, "OUTPUT_DIR", out)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return out, run
-
-
-def test_training_then_lvis_evaluation_reports_ap_by_frequency_group(trained):
-    out, run = trained
+def test_training_then_lvis_evaluation_reports_ap_by_frequency_group(trained_demo):
+    out, run = trained_demo
     results = read_results(out)
     for metric in ("AP", "APr", "APc", "APf"):
         assert 0.0 <= results[metric] <= 100.0, (metric, results[metric])
@@ -46,39 +29,101 @@ def test_training_then_lvis_evaluation_reports_ap_by_frequency_group(trained):
     metrics = [json.loads(line) for line in open(out / "metrics.json")]
     assert {"efl/gamma_rare", "efl/gamma_common", "efl/gamma_frequent"} <= set(metrics[0])
 
-    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
-    assert (state["cls_loss.pos_grad"] > 0).any() and (state["cls_loss.neg_grad"] > 0).all()
+    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert state["iteration"] == 3 and {"optimizer", "hooks"} <= set(state["trainer"])
+    assert (state["model"]["cls_loss.pos_grad"] > 0).any() and (state["model"]["cls_loss.neg_grad"] > 0).all()
 
 
-def test_eval_only_on_a_saved_checkpoint_reproduces_its_results(trained, tmp_path):
-    out, _ = trained
-    run = train_net(
-        "--config-file", DEMO_CONFIG, "--eval-only", *SMALL_OPTS,
-        "MODEL.WEIGHTS", out / "model_final.pth", "OUTPUT_DIR", tmp_path,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
+def test_eval_only_on_a_saved_checkpoint_reproduces_its_results(trained_demo, tmp_path):
+    """What each process of ``train_net.py --eval-only`` runs (efl.engine.run), here in this process."""
+    out, _ = trained_demo
+    recipe = small_recipe("MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path))
+    args = Namespace(eval_only=True, resume=False, trust_pickle=False, config_file=str(DEMO_CONFIG), opts=[])
+    results = run(args, recipe)
+    assert results["efl_synth_test_val"]["bbox"] == pytest.approx(read_results(out))
     assert read_results(tmp_path) == pytest.approx(read_results(out))
 
 
 @pytest.mark.parametrize("cls_loss", ["focal", "efl", "eqfl"])
 def test_improved_baseline_trains_and_evaluates(cls_loss, tmp_path):
     config = REPO / "configs" / "Synthetic" / f"improved_R_18_demo_{cls_loss}.yaml"
-    run = train_net("--config-file", config, *SMALL_OPTS, "OUTPUT_DIR", tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
+    recipe = small_recipe("SOLVER.MAX_ITER", 2, "OUTPUT_DIR", tmp_path, config=config)
+    train(recipe, resume=False)
     results = read_results(tmp_path)
     assert all(0.0 <= results[m] <= 100.0 for m in ("AP", "APr", "APc", "APf"))
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.json")]
     assert {"loss_cls", "loss_box_reg", "loss_iou"} <= set().union(*metrics)
+    assert recipe.config.MODEL.EFL.LOSS == cls_loss
 
 
-def assert_stops_with(run, *fragments):
-    """train_net.py stopped with one line, ``train_net.py: error: ...`` holding every fragment, and no traceback."""
-    assert run.returncode != 0
-    assert "Traceback" not in run.stderr, run.stderr[-3000:]
-    errors = [line for line in run.stderr.splitlines() if line.startswith("train_net.py: error: ")]
-    assert len(errors) == 1, run.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in errors[0], run.stderr[-3000:]
+# ----- bad input: each stops in one line before any process starts
+
+
+def test_num_classes_mismatch_names_the_right_value():
+    message = stops_before_any_process("--config-file", DEMO_CONFIG, *SMALL_OPTS, "MODEL.RETINANET.NUM_CLASSES", 1203)
+    assert "NUM_CLASSES is 1203" in message and "has 8 categories" in message
+    assert "MODEL.RETINANET.NUM_CLASSES 8" in message
+
+
+@pytest.mark.parametrize(
+    "key,value,fragment",
+    [("MODEL.EFL.GAMMA_B", 0.0, "MODEL.EFL.GAMMA_B"), ("MODEL.EFL.ALPHA", 2.0, "MODEL.EFL.ALPHA")],
+)
+def test_out_of_range_hyperparameters_stop_with_the_key(key, value, fragment):
+    assert fragment in stops_before_any_process("--config-file", DEMO_CONFIG, *SMALL_OPTS, key, value)
+
+
+def test_eval_only_needs_existing_weights(tmp_path):
+    message = stops_before_any_process(
+        "--config-file", DEMO_CONFIG, "--eval-only", *SMALL_OPTS, "MODEL.WEIGHTS", tmp_path / "nope.pth"
+    )
+    assert "MODEL.WEIGHTS file not found" in message
+
+
+def test_unregistered_dataset_is_named():
+    message = stops_before_any_process("--config-file", DEMO_CONFIG, *SMALL_OPTS, "DATASETS.TRAIN", "('lvis_v2_train',)")
+    assert "Dataset 'lvis_v2_train' is not registered" in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_device_without_gpu_suggests_the_cpu():
+    assert "MODEL.DEVICE cpu" in stops_before_any_process("--config-file", DEMO_CONFIG, *SMALL_OPTS, "MODEL.DEVICE", "cuda")
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["MODEL.EFL.SCAEL", "4"], "unknown config key MODEL.EFL.SCAEL (did you mean MODEL.EFL.SCALE"),
+        (["MODEL.IMPROVED_BASELINE.CLS_LOSS", "efl"], "MODEL.IMPROVED_BASELINE.CLS_LOSS was renamed to MODEL.EFL.LOSS"),
+        (["MODEL.EFL.SCALE", "four"], "MODEL.EFL.SCALE takes a float such as 8.0, got 'four'"),
+        # an int for a float key is accepted: the run goes on to the next mistake
+        (["MODEL.EFL.SCALE", "4", "SOLVER.MAX_ITER", "0"], "SOLVER.MAX_ITER must be at least 1 to train, got 0"),
+        (["--num-gpus", "3"], "SOLVER.IMS_PER_BATCH 4 cannot be split evenly over 3 processes"),
+        (["MODEL.EFL.LOSS", "eqfl"], "MODEL.EFL.LOSS 'eqfl' needs the IoU of each positive anchor's predicted box"),
+        (["TEST.PRECISE_BN.ENABLED", "True"], "TEST.PRECISE_BN.ENABLED: precise BN statistics are not computed here"),
+    ],
+)
+def test_config_mistakes_stop_in_one_line_before_any_process_starts(args, fragment, tmp_path):
+    flags, opts = (args, []) if args[0].startswith("--") else ([], args)
+    message = stops_before_any_process("--config-file", DEMO_CONFIG, *flags, *SMALL_OPTS, *opts, "OUTPUT_DIR", tmp_path / "out")
+    assert fragment in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_config_file_stops_in_one_line():
+    assert "config file not found: configs/nope.yaml" in stops_before_any_process("--config-file", "configs/nope.yaml")
+
+
+def test_ints_are_accepted_for_float_keys_in_files_and_on_the_command_line(tmp_path):
+    from efl.config import load_config
+
+    (tmp_path / "s4.yaml").write_text(f"_BASE_: {DEMO_CONFIG}\nMODEL:\n  EFL:\n    SCALE: 4\n")
+    assert load_config(str(tmp_path / "s4.yaml")).MODEL.EFL.SCALE == 4.0
+    cfg = load_config(str(DEMO_CONFIG), ["MODEL.EFL.SCALE", "4", "MODEL.EFL.GAMMA_B", "1"])
+    assert (cfg.MODEL.EFL.SCALE, cfg.MODEL.EFL.GAMMA_B) == (4.0, 1.0) and type(cfg.MODEL.EFL.SCALE) is float
+
+
+# ----- bad input found by real runs: the message reaches the command line as one line, without a traceback
 
 
 def test_missing_lvis_data_says_where_to_put_it(tmp_path):
@@ -101,73 +146,14 @@ def test_missing_lvis_images_are_reported_when_the_annotations_are_there(tmp_pat
     assert "lvis_v1_train.json" not in run.stderr.split("missing")[1].split(".")[0]
 
 
-def test_num_classes_mismatch_names_the_right_value():
-    run = train_net("--config-file", DEMO_CONFIG, *SMALL_OPTS, "MODEL.RETINANET.NUM_CLASSES", 1203)
-    assert_stops_with(run, "NUM_CLASSES is 1203", "has 8 categories", "MODEL.RETINANET.NUM_CLASSES 8")
-
-
-@pytest.mark.parametrize(
-    "key,value,fragment",
-    [("MODEL.EFL.GAMMA_B", 0.0, "MODEL.EFL.GAMMA_B"), ("MODEL.EFL.ALPHA", 2.0, "MODEL.EFL.ALPHA")],
-)
-def test_out_of_range_hyperparameters_stop_with_the_key(key, value, fragment):
-    assert_stops_with(train_net("--config-file", DEMO_CONFIG, *SMALL_OPTS, key, value), fragment)
-
-
-def test_eval_only_needs_existing_weights(tmp_path):
-    run = train_net("--config-file", DEMO_CONFIG, "--eval-only", *SMALL_OPTS, "MODEL.WEIGHTS", tmp_path / "nope.pth")
-    assert_stops_with(run, "MODEL.WEIGHTS file not found")
-
-
-def test_unregistered_dataset_is_named():
-    run = train_net("--config-file", DEMO_CONFIG, *SMALL_OPTS, "DATASETS.TRAIN", "('lvis_v2_train',)")
-    assert_stops_with(run, "Dataset 'lvis_v2_train' is not registered")
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_cuda_device_without_gpu_suggests_the_cpu():
-    run = train_net("--config-file", DEMO_CONFIG, *SMALL_OPTS, "MODEL.DEVICE", "cuda")
-    assert_stops_with(run, "MODEL.DEVICE cpu")
-
-
-@pytest.mark.parametrize(
-    "args,fragment",
-    [
-        (["MODEL.EFL.SCAEL", "4"], "unknown config key MODEL.EFL.SCAEL (did you mean MODEL.EFL.SCALE"),
-        (["MODEL.IMPROVED_BASELINE.CLS_LOSS", "efl"], "MODEL.IMPROVED_BASELINE.CLS_LOSS was renamed to MODEL.EFL.LOSS"),
-        (["MODEL.EFL.SCALE", "four"], "MODEL.EFL.SCALE takes a float such as 8.0, got 'four'"),
-        # an int for a float key is accepted: the run goes on to the next mistake
-        (["MODEL.EFL.SCALE", "4", "SOLVER.MAX_ITER", "0"], "SOLVER.MAX_ITER must be at least 1 to train, got 0"),
-        (["--num-gpus", "3"], "SOLVER.IMS_PER_BATCH 4 cannot be split evenly over 3 processes"),
-    ],
-)
-def test_config_mistakes_stop_in_one_line_before_any_process_starts(args, fragment, tmp_path):
-    flags, opts = (args, []) if args[0].startswith("--") else ([], args)
-    run = train_net("--config-file", DEMO_CONFIG, *flags, *SMALL_OPTS, *opts, "OUTPUT_DIR", tmp_path / "out")
-    assert_stops_with(run, fragment)
-    assert "Command Line Args" not in run.stdout and not (tmp_path / "out").exists()
-
-
-def test_missing_config_file_stops_in_one_line():
-    assert_stops_with(train_net("--config-file", "configs/nope.yaml", *SMALL_OPTS), "config file not found: configs/nope.yaml")
-
-
 def test_corrupt_weights_stop_in_one_line_without_torch_advice(tmp_path):
+    """Found where the run loads them, after the checks: still one line."""
     weights = tmp_path / "model_final.pth"
     torch.save({"model": {"w": torch.zeros(1000)}}, weights)
     weights.write_bytes(weights.read_bytes()[:300])
     run = train_net("--config-file", DEMO_CONFIG, "--eval-only", *SMALL_OPTS, "MODEL.WEIGHTS", weights)
     assert_stops_with(run, f"cannot read {weights}", "truncated")
     assert "weights_only" not in run.stderr
-
-
-def test_ints_are_accepted_for_float_keys_in_files_and_on_the_command_line(tmp_path):
-    from efl.config import load_config
-
-    (tmp_path / "s4.yaml").write_text(f"_BASE_: {DEMO_CONFIG}\nMODEL:\n  EFL:\n    SCALE: 4\n")
-    assert load_config(str(tmp_path / "s4.yaml")).MODEL.EFL.SCALE == 4.0
-    cfg = load_config(str(DEMO_CONFIG), ["MODEL.EFL.SCALE", "4", "MODEL.EFL.GAMMA_B", "1"])
-    assert (cfg.MODEL.EFL.SCALE, cfg.MODEL.EFL.GAMMA_B) == (4.0, 1.0) and type(cfg.MODEL.EFL.SCALE) is float
 
 
 def test_malformed_builtin_lvis_json_is_named_from_inside_the_run(tmp_path):

@@ -7,7 +7,8 @@ checkpoint for configs/LVISv1/released_improved_R_{50,101}.yaml:
     python train_net.py --config-file configs/LVISv1/released_improved_R_50.yaml --eval-only MODEL.WEIGHTS released_r50.pth
 
 --layout: "auto" (default) tells anchor-first from class-first classification channels by the bias (and prints
-the decision); force it with "anchor-first" or "class-first". The mapping is in efl/released_checkpoint.py; any
+the decision); force it with "anchor-first" or "class-first". The mapping is in released_checkpoint.py beside this
+script; any
 key that cannot be placed stops the conversion with its name.
 
 The file is read with torch.load(weights_only=True): a file holding objects other than tensors and plain
@@ -19,9 +20,9 @@ import sys
 
 import torch
 
+from efl.engine.safe_loading import load_torch_file
 from efl.errors import ConfigError
-from efl.released_checkpoint import LAYOUTS, ConversionError, convert_state_dict, detect_layout, unwrap
-from efl.safe_loading import load_torch_file
+from released_checkpoint import LAYOUTS, ConversionError, convert_state_dict, detect_layout, unwrap
 
 
 def main(argv=None):

@@ -32,7 +32,7 @@ import yaml  # noqa: E402
 
 import efl  # noqa: E402, F401  (registers the synthetic datasets)
 from efl.data import FREQUENCY_GROUPS, class_image_count, frequency_group_of, register_datasets  # noqa: E402
-from efl.safe_loading import load_torch_file  # noqa: E402
+from efl.engine.safe_loading import load_torch_file  # noqa: E402
 
 COLOURS = {"rare": "tab:red", "common": "tab:orange", "frequent": "tab:blue"}
 

@@ -2,16 +2,14 @@
 # retinanet_R_50_FPN_24ep_efl.yaml (tests/test_lazy_config.py checks that both build the same model, optimiser
 # and schedule). detectron2's RetinaNet config (configs/common/models/retinanet.py) with EFLRetinaNet as the target.
 from detectron2 import model_zoo
-from detectron2.config import LazyCall as L
 
-from efl import EFLRetinaNet, lvis_frequency_groups
+from efl import EFLRetinaNet
 
 from ..common.lvis_v1_24ep import dataloader, lr_multiplier, optimizer, train
 
 model = model_zoo.get_config("common/models/retinanet.py").model
 model._target_ = EFLRetinaNet  # its cls_loss is the paper's EFL: gamma_b 2, s 8, alpha 0.25
 model.num_classes = 1203
-model.frequency_groups = L(lvis_frequency_groups)(dataset_name="lvis_v1_train", num_classes=1203)
 model.backbone.bottom_up.freeze_at = 2
 model.smooth_l1_beta = 0.0
 model.test_score_thresh = 0.0001

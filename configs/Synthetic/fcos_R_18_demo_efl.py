@@ -15,7 +15,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.solver import WarmupParamScheduler
 from detectron2.solver.build import get_default_optimizer_params
 
-from efl import EFLFCOS, LVISEvaluator, lvis_frequency_groups
+from efl import EFLFCOS, LVISEvaluator
 
 CHANNELS = 128
 
@@ -23,7 +23,6 @@ CHANNELS = 128
 model = model_zoo.get_config("common/models/fcos.py").model
 model._target_ = EFLFCOS
 model.num_classes = 18  # 6 look-alike families of 3 classes (efl.data.DEMO_SPEC)
-model.frequency_groups = L(lvis_frequency_groups)(dataset_name="efl_synth_lt_train", num_classes=18)
 model.backbone.bottom_up.stem.norm = "BN"  # from scratch: BN that trains, nothing frozen
 model.backbone.bottom_up.stages.norm = "BN"
 model.backbone.bottom_up.stages.depth = 18

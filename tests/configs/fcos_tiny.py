@@ -10,8 +10,6 @@ from fvcore.common.param_scheduler import LinearParamScheduler
 from ...configs.Synthetic.fcos_R_18_demo_efl import dataloader, model, optimizer, train
 
 model.num_classes = 8
-model.frequency_groups.dataset_name = "efl_synth_test_train"
-model.frequency_groups.num_classes = 8
 model.backbone.out_channels = 64
 model.backbone.top_block.in_channels = 64
 model.head.input_shape = [ShapeSpec(channels=64)] * 5

@@ -1,4 +1,4 @@
-"""Evaluators for LVIS- and COCO-type datasets, as this project's Trainer builds them."""
+"""LVIS evaluation as this project runs it: on numpy >= 1.24, with results.json, for sets without frequency groups."""
 import contextlib
 import json
 import os
@@ -6,16 +6,13 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.evaluation import LVISEvaluator as _D2LVISEvaluator
 from detectron2.utils import comm
 
 from .data.frequency import FREQUENCY_GROUPS, class_image_count, frequency_group_of
 from .errors import ConfigError
 
-__all__ = ["LVISEvaluator", "build_evaluator", "numpy_float_alias"]
+__all__ = ["LVISEvaluator", "numpy_float_alias"]
 
 
 @contextlib.contextmanager
@@ -66,29 +63,3 @@ class LVISEvaluator(_D2LVISEvaluator):
             with open(os.path.join(self._output_dir, "results.json"), "w") as f:
                 json.dump(results, f, indent=2)
         return results
-
-
-def build_evaluator(
-    cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
-) -> DatasetEvaluator:
-    """
-    LVISEvaluator for LVIS-type datasets, COCOEvaluator for COCO-type ones, both keeping up to
-    ``TEST.DETECTIONS_PER_IMAGE`` detections per image. Output goes to ``OUTPUT_DIR/inference/<dataset>``.
-    The evaluators read the dataset's annotation file as they are built: an embedded synthetic set must have been
-    loaded (generated) first, as the test loader does.
-    """
-    if output_folder is None:
-        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
-    max_dets = cfg.TEST.DETECTIONS_PER_IMAGE
-    if evaluator_type == "lvis":
-        frequency_from = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
-        return LVISEvaluator(
-            dataset_name, output_dir=output_folder, max_dets_per_image=max_dets, frequency_from=frequency_from
-        )
-    if evaluator_type == "coco":
-        return COCOEvaluator(dataset_name, output_dir=output_folder, max_dets_per_image=max_dets)
-    raise ValueError(
-        f"No evaluator for dataset '{dataset_name}' (evaluator_type {evaluator_type!r}): this project "
-        "evaluates LVIS- and COCO-type datasets. Register it with evaluator_type 'lvis' or 'coco'."
-    )

@@ -4,11 +4,10 @@ from typing import Dict, List, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..errors import ConfigError
+from ..modeling import FREQUENCY_GROUPS
 from .registration import registered_source
 
 __all__ = ["FREQUENCY_GROUPS", "class_image_count", "frequency_group_of", "lvis_frequency_groups"]
-
-FREQUENCY_GROUPS = ("rare", "common", "frequent")
 # LVIS: rare classes are in at most 10 training images, common ones in 11 to 100, frequent ones in more.
 RARE_MAX_IMAGES = 10
 COMMON_MAX_IMAGES = 100
@@ -33,16 +32,14 @@ def class_image_count(dataset_name: str) -> Optional[List[Dict]]:
 def lvis_frequency_groups(dataset_name: str, num_classes: int) -> Optional[List[int]]:
     """
     LVIS frequency group of each contiguous class id (0 rare: <= 10 training images, 1 common: 11-100,
-    2 frequent: > 100), from the dataset's ``class_image_count`` metadata; None when it has none.
+    2 frequent: > 100), from the dataset's ``class_image_count`` metadata; None when it has none. What an EFL
+    detector is given as its ``frequency_groups``.
     """
     counts = class_image_count(dataset_name)
     if counts is None:
         return None
     if len(counts) != num_classes:
-        raise ConfigError(
-            f"Dataset '{dataset_name}' has {len(counts)} categories but the model has {num_classes} classes "
-            f"(MODEL.RETINANET.NUM_CLASSES): set it to {len(counts)}"
-        )
+        raise ConfigError(f"Dataset '{dataset_name}' has {len(counts)} categories but the model has {num_classes} classes")
     id_map = MetadataCatalog.get(dataset_name).get("thing_dataset_id_to_contiguous_id")
     id_map = id_map or {c["id"]: c["id"] - 1 for c in counts}
     groups = [0] * num_classes

@@ -1,5 +1,6 @@
 """
-Your own long-tailed dataset, registered under any name from the config (``DATASETS.REGISTER``), in LVIS or COCO
+Your own long-tailed dataset, registered under any name from the config (yacs ``DATASETS.REGISTER``, LazyConfig
+``dataloader.register``), in LVIS or COCO
 json format:
 
 - the class ids of the file may be any distinct integers (COCO's are not contiguous): they are mapped to 0..C-1
@@ -44,18 +45,21 @@ DATASET_FORMATS = ("lvis", "coco")
 _EXAMPLES = 5
 
 
-def register_datasets(entries: Iterable[Sequence[str]]) -> None:
-    """Register each ``(name, format, json_file, image_root)`` of ``entries`` (the value of DATASETS.REGISTER)."""
+def register_datasets(entries: Iterable[Sequence[str]], key: str = "register") -> None:
+    """
+    Register each ``(name, format, json_file, image_root)`` of ``entries``; ``key`` is the setting that lists them
+    (DATASETS.REGISTER, dataloader.register), named in messages.
+    """
     for entry in entries:
         if isinstance(entry, str) or len(entry) != 4:
             raise ConfigError(
-                "each DATASETS.REGISTER entry must be (name, format, json_file, image_root), e.g. "
+                f"each {key} entry must be (name, format, json_file, image_root), e.g. "
                 f"('mine_train', 'lvis', '/data/mine/train.json', '/data/mine/images'); got {entry!r}"
             )
-        register_dataset(*entry)
+        register_dataset(*entry, key=key)
 
 
-def register_dataset(name: str, dataset_format: str, json_file: str, image_root: str) -> None:
+def register_dataset(name: str, dataset_format: str, json_file: str, image_root: str, key: str = "register") -> None:
     """
     Register ``name`` in detectron2's DatasetCatalog and MetadataCatalog. Nothing is read here: the file is read
     when the dataset is first loaded, which sets its classes, their id mapping and their image counts in the
@@ -64,13 +68,13 @@ def register_dataset(name: str, dataset_format: str, json_file: str, image_root:
     """
     if dataset_format not in DATASET_FORMATS:
         formats = ", ".join(DATASET_FORMATS)
-        raise ConfigError(f"DATASETS.REGISTER '{name}': the format must be one of {formats}, got {dataset_format!r}")
+        raise ConfigError(f"{key} '{name}': the format must be one of {formats}, got {dataset_format!r}")
     source = (dataset_format, os.path.abspath(json_file), os.path.abspath(image_root))
     if name in DatasetCatalog.list():
         if registered_source(name) == source:
             return
         raise ConfigError(
-            f"DATASETS.REGISTER: the name '{name}' is taken by another dataset (e.g. a built-in one): choose another"
+            f"{key}: the name '{name}' is taken by another dataset (e.g. a built-in one): choose another"
         )
     DatasetCatalog.register(name, functools.partial(load_detection_json, *source[1:], dataset_format, name))
     MetadataCatalog.get(name).set(

@@ -8,16 +8,15 @@ the fraction of training images that contain c and t the threshold (DATALOADER.R
 - "ceil" (the official EFL code's): image i is repeated ceil(r_i) times in every epoch; the enlarged list is
   fixed and reshuffled every epoch.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from detectron2.config import CfgNode
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 
-__all__ = ["REPEAT_ROUNDINGS", "RepeatFactorSampler", "build_epoch_sampler", "epoch_size_of"]
+__all__ = ["REPEAT_ROUNDINGS", "RepeatFactorSampler", "epoch_size_of"]
 
 REPEAT_ROUNDINGS = ("stochastic", "ceil")
 
@@ -46,7 +45,7 @@ class RepeatFactorSampler(RepeatFactorTrainingSampler):
             rounding: one of :data:`REPEAT_ROUNDINGS`.
         """
         if rounding not in REPEAT_ROUNDINGS:
-            raise ValueError(f"DATALOADER.REPEAT_ROUNDING must be one of {REPEAT_ROUNDINGS}, got {rounding!r}")
+            raise ValueError(f"rounding must be one of {REPEAT_ROUNDINGS}, got {rounding!r}")
         super().__init__(repeat_factors, shuffle=shuffle, seed=seed)
         self.rounding = rounding
         self._repeats = torch.ceil(repeat_factors).long()  # (N,), used by "ceil"
@@ -62,25 +61,6 @@ class RepeatFactorSampler(RepeatFactorTrainingSampler):
         if self.rounding == "stochastic":
             return super()._get_epoch_indices(generator)
         return torch.repeat_interleave(torch.arange(len(self._repeats)), self._repeats)
-
-
-def build_epoch_sampler(cfg: CfgNode, dataset: List[Dict]) -> Tuple[Optional[Sampler], Optional[float]]:
-    """
-    The training sampler of DATALOADER.SAMPLER_TRAIN over ``dataset`` (detectron2's records, as its training loader
-    reads them) where it has epochs, and its epoch size (images per epoch, expected for stochastic rounding).
-    Returns (None, len(dataset)) for "TrainingSampler" and (None, None) for samplers without epochs: detectron2's
-    loader then builds them.
-    """
-    name = cfg.DATALOADER.SAMPLER_TRAIN
-    if name == "TrainingSampler":
-        return None, len(dataset)
-    if name != "RepeatFactorTrainingSampler":
-        return None, None
-    factors = RepeatFactorSampler.repeat_factors_from_category_frequency(
-        dataset, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
-    )
-    sampler = RepeatFactorSampler(factors, rounding=cfg.DATALOADER.REPEAT_ROUNDING, seed=cfg.SEED)
-    return sampler, sampler.epoch_size
 
 
 def epoch_size_of(sampler: Sampler, dataset_size: int) -> Optional[float]:

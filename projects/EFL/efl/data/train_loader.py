@@ -1,32 +1,30 @@
 """
-detectron2's training data loader, made resumable and tolerant of the odd unreadable image:
-- the sampler (TrainingSampler or RepeatFactorTrainingSampler alike) can skip what a resumed run had already
+detectron2's training data loader, made resumable, tolerant of the odd unreadable image, and the one place where
+the annotated classes are checked:
+- the sampler (TrainingSampler or a repeat-factor sampler alike) can skip what a resumed run had already
   consumed, so that a run resumed at iteration N sees the images an uninterrupted run would have seen, and knows
-  how many images an epoch has (for SOLVER.MAX_EPOCHS);
-- repeat-factor sampling rounds as DATALOADER.REPEAT_ROUNDING says (:class:`RepeatFactorSampler`);
+  how many images an epoch has (for schedules in epochs);
 - an image that cannot be read is skipped with a warning naming it; many consecutive failures stop training with
   a message, since they mean a wrong image folder rather than a bad file;
-- every annotation's class is checked against the number of classes, in the loader's workers, so that the loss
-  need not read its labels' range on the GPU every step.
+- every annotation's class is checked against the model's number of classes, on the CPU in the loader's
+  workers: the detectors and their losses trust their labels, and so never read them back from a GPU.
 """
 import itertools
 import logging
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
-from detectron2.config import CfgNode
-from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.data.build import _train_loader_from_config
+from detectron2.data.samplers import TrainingSampler
 
-from ..config_keys import YACS_KEYS
-from ..errors import ConfigError
-from .samplers import build_epoch_sampler
+from ..errors import ConfigError, SettingNames
+from .samplers import epoch_size_of
 
 __all__ = [
     "CheckAnnotatedClasses",
+    "LoaderCall",
     "ResumableSampler",
     "SkipUnreadableImages",
     "build_resumable_train_loader",
@@ -34,6 +32,15 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class LoaderCall(NamedTuple):
+    """A training loader as a config describes it: its build function (detectron2's
+    ``build_detection_train_loader`` or one with its arguments) and the arguments (``dataset``: a list of
+    records; ``mapper``; ``sampler``: None for detectron2's TrainingSampler; ``total_batch_size``; ...)."""
+
+    build: Callable[..., DataLoader]
+    arguments: Dict
 
 
 class ResumableSampler(Sampler):
@@ -68,7 +75,7 @@ class SkipUnreadableImages:
             if self._failures >= self.max_consecutive_failures:
                 raise ConfigError(
                     f"{self._failures} images in a row could not be read, the last {dataset_dict['file_name']!r} "
-                    f"({e}): check the dataset's image folder (see README, 'Data')"
+                    f"({e}): check the dataset's image folder (docs/datasets.md)"
                 ) from None
             logger.warning(f"Skipping training image {dataset_dict['file_name']!r}, which cannot be read: {e}")
             return None
@@ -79,7 +86,7 @@ class SkipUnreadableImages:
 def out_of_range_classes(classes: Tensor, num_classes: int) -> Optional[List[int]]:
     """
     None when every class of ``classes`` (any shape, integer) lies in [0, num_classes); otherwise the sorted classes
-    it holds. One read of the values (free for a CPU tensor, a host sync for a GPU one).
+    it holds.
     """
     if not classes.numel():
         return None
@@ -92,11 +99,10 @@ def out_of_range_classes(classes: Tensor, num_classes: int) -> Optional[List[int
 class CheckAnnotatedClasses:
     """
     A dataset mapper that raises ValueError, naming the image, for an annotation whose class is not in
-    [0, num_classes). It runs on the CPU, in the loader's workers: the EFL detectors trained on this loader rely on
-    it instead of checking their ground-truth classes every step (EFLDetectorMixin.check_gt_classes).
+    [0, num_classes). It runs on the CPU, in the loader's workers.
     """
 
-    def __init__(self, mapper: Callable[[Dict], Optional[Dict]], num_classes: int, key: str = YACS_KEYS.num_classes):
+    def __init__(self, mapper: Callable[[Dict], Optional[Dict]], num_classes: int, key: str = "num_classes"):
         """
         Args:
             mapper: detectron2's dataset mapper (or a wrapper of it).
@@ -121,23 +127,27 @@ class CheckAnnotatedClasses:
         return mapped
 
 
-def build_resumable_train_loader(cfg: CfgNode) -> Tuple[DataLoader, ResumableSampler]:
+def build_resumable_train_loader(
+    call: LoaderCall, num_classes: Optional[int], names: SettingNames = SettingNames()
+) -> Tuple[DataLoader, ResumableSampler]:
     """
-    detectron2's training loader for ``cfg``, with a :class:`ResumableSampler`, :class:`SkipUnreadableImages` and
-    :class:`CheckAnnotatedClasses`.
+    The loader of ``call``, with a :class:`ResumableSampler` around its sampler (TrainingSampler over the dataset
+    when it has none), which knows the images per epoch; :class:`SkipUnreadableImages` around its mapper; and, for
+    a model of ``num_classes`` classes, :class:`CheckAnnotatedClasses` (``names.num_classes`` in its message).
+
+    Returns:
+        the data loader, and its sampler, whose ``skip`` a resumed run sets.
     """
-    # the images detectron2's training loader reads (those without annotations dropped as configured)
-    dataset = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN,
-        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-        min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
-        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
-    )
-    sampler, epoch_size = build_epoch_sampler(cfg, dataset)
-    kwargs = _train_loader_from_config(cfg, DatasetMapper(cfg, True), dataset=dataset, sampler=sampler)
-    sampler = ResumableSampler(kwargs.pop("sampler"), epoch_size)
+    arguments = dict(call.arguments)
+    if "dataset" not in arguments or "mapper" not in arguments:
+        raise ConfigError("the training loader must be given its dataset and its mapper (see detectron2's configs/common)")
+    size = len(arguments["dataset"])
+    sampler = arguments.get("sampler")
+    sampler = TrainingSampler(size) if sampler is None else sampler
+    sampler = ResumableSampler(sampler, epoch_size_of(sampler, size))
     # A dataset of fewer images than the limit, all unreadable, stops when it has tried each once.
-    kwargs["mapper"] = CheckAnnotatedClasses(
-        SkipUnreadableImages(kwargs["mapper"], min(100, len(dataset))), cfg.MODEL.RETINANET.NUM_CLASSES
-    )
-    return build_detection_train_loader(sampler=sampler, **kwargs), sampler
+    mapper = SkipUnreadableImages(arguments["mapper"], min(100, size))
+    if num_classes is not None:
+        mapper = CheckAnnotatedClasses(mapper, num_classes, names.num_classes)
+    arguments.update(sampler=sampler, mapper=mapper)
+    return call.build(**arguments), sampler

@@ -2,11 +2,9 @@
 import cv2
 import numpy as np
 
-from detectron2.config import CfgNode
-from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.data import transforms as T
 
-__all__ = ["OpenCVResizeShortestEdge", "build_test_loader"]
+__all__ = ["OpenCVResizeShortestEdge"]
 
 
 class OpenCVResizeTransform(T.ResizeTransform):
@@ -24,13 +22,3 @@ class OpenCVResizeShortestEdge(T.ResizeShortestEdge):
         if isinstance(resize, T.NoOpTransform):
             return resize
         return OpenCVResizeTransform(resize.h, resize.w, resize.new_h, resize.new_w)
-
-
-def build_test_loader(cfg: CfgNode, dataset_name: str):
-    """detectron2's test loader; with INPUT.TEST_RESIZE_BACKEND "opencv" its resize uses OpenCV."""
-    if cfg.INPUT.TEST_RESIZE_BACKEND == "pil":
-        return build_detection_test_loader(cfg, dataset_name)
-    if cfg.INPUT.TEST_RESIZE_BACKEND != "opencv":
-        raise ValueError(f"INPUT.TEST_RESIZE_BACKEND must be 'pil' or 'opencv', got {cfg.INPUT.TEST_RESIZE_BACKEND!r}")
-    resize = OpenCVResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    return build_detection_test_loader(cfg, dataset_name, mapper=DatasetMapper(cfg, False, augmentations=[resize]))

@@ -10,9 +10,8 @@ from typing import Dict, List, Sequence, Tuple
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..config_keys import YACS_KEYS, ConfigKeys
-from ..errors import ConfigError
-from ..safe_loading import UnreadableFileError, check_pickle_file, load_torch_file
+from ..errors import ConfigError, SettingNames
+from .safe_loading import UnreadableFileError, check_pickle_file, load_torch_file
 
 __all__ = ["EFLCheckpointer", "WeightsMismatchError", "reset_efl_statistics"]
 
@@ -51,8 +50,8 @@ class EFLCheckpointer(DetectionCheckpointer):
       files), which load partially as in detectron2. EFL's state is exempt: weights without it (a focal-loss
       model) load, with one message saying what starts afresh.
 
-    Messages name the settings as ``keys`` writes them (the yacs names by default, efl.config_keys.LAZY_KEYS for a
-    LazyConfig).
+    Messages name the settings as ``names`` writes them (a config front-end's names; by default the arguments of
+    this class).
     - **Resuming** starts from ``last_checkpoint``'s file, or, when that is missing or unreadable, from the newest
       readable checkpoint in the directory, with a warning naming the one passed over.
     """
@@ -64,13 +63,13 @@ class EFLCheckpointer(DetectionCheckpointer):
         *,
         allow_partial: bool = False,
         trust_pickle: bool = False,
-        keys: ConfigKeys = YACS_KEYS,
+        names: SettingNames = SettingNames(),
         **kwargs,
     ):
         super().__init__(model, save_dir, **kwargs)
         self.allow_partial = allow_partial
         self.trust_pickle = trust_pickle
-        self.keys = keys
+        self.names = names
         self._tagging_allowed = True
         self._path = None
 
@@ -120,7 +119,13 @@ class EFLCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename: str):
         if filename.endswith(".pkl") and not self.trust_pickle:
             check_pickle_file(filename)  # then detectron2 unpickles it
-        return super()._load_file(filename)
+        loaded = super()._load_file(filename)
+        trainer = loaded.get("trainer")
+        if isinstance(trainer, dict) and "_trainer" in trainer:
+            # Written by detectron2's DefaultTrainer (this project's yacs runs before version 0.2), which nests the
+            # step-running trainer's state: resumed by the SimpleTrainer that runs every config now.
+            loaded["trainer"] = {**trainer.pop("_trainer"), **trainer}
+        return loaded
 
     def _torch_load(self, f: str):
         return load_torch_file(f, trust_pickle=self.trust_pickle)
@@ -140,16 +145,16 @@ class EFLCheckpointer(DetectionCheckpointer):
         for entry in [e for e in incompatible.incorrect_shapes if _is_efl_state(e[0])]:
             incompatible.incorrect_shapes.remove(entry)  # another class count, reported by the classifier's shape
         misfit = bool(incompatible.missing_keys or incompatible.unexpected_keys or incompatible.incorrect_shapes)
-        keys = self.keys
+        names = self.names
         if misfit and not (self.allow_partial or backbone_only):
             raise WeightsMismatchError(
                 f"the weights {self._path} do not fit the model ({_describe(incompatible)}): check that the config "
-                f"({keys.architecture}, {keys.num_classes}, ...) is the one they were trained with, or set "
-                f"{keys.setting(keys.allow_partial_weights, True)} to load what fits (fine-tuning)"
+                f"({names.architecture}, {names.num_classes}, ...) is the one they were trained with, or set "
+                f"{names.setting(names.allow_partial_weights, True)} to load what fits (fine-tuning)"
             )
         if misfit and not backbone_only:
             logger.warning(
-                f"{keys.allow_partial_weights}: {self._path} was loaded partially ({_describe(incompatible)}); "
+                f"{names.allow_partial_weights}: {self._path} was loaded partially ({_describe(incompatible)}); "
                 "the parameters it lacks keep their initial values"
             )
         if efl_missing:
@@ -177,7 +182,7 @@ class EFLCheckpointer(DetectionCheckpointer):
                 logger.warning(f"Cannot resume from {candidate}, trying the next newest checkpoint: {e}")
         raise ConfigError(
             f"--resume: {self.save_dir} has no readable checkpoint: remove its last_checkpoint file to start from "
-            f"{self.keys.weights} instead"
+            f"{self.names.weights} instead"
         )
 
 

@@ -1,6 +1,6 @@
 """
 detectron2's launch, with a user's mistake found inside a worker process reported as a message, and the way
-train_net.py starts a run of either config system (:func:`launch_run`).
+train_net.py starts a run (:func:`launch_run`).
 """
 import contextlib
 
@@ -8,9 +8,9 @@ import torch.multiprocessing as mp
 
 from detectron2.engine import launch as _d2_launch
 
-from ..config_keys import ConfigKeys
 from ..errors import ConfigError, config_error_message
 from .lock import OutputDirLock
+from .training import Recipe, run
 
 __all__ = ["launch", "launch_run"]
 
@@ -38,23 +38,24 @@ def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_
         raise
 
 
-def launch_run(main_func, args, cfg, output_dir: str, keys: ConfigKeys) -> None:
+def launch_run(args, recipe: Recipe) -> None:
     """
-    Run ``main_func(args, cfg)`` in ``args.num_gpus`` processes on this machine (train_net.py's command line), the
-    config built and checked already. This process holds the lock of ``output_dir`` (on machine 0, which writes
-    the outputs) from before the workers start until they end: one run per output directory.
+    Run ``recipe`` in ``args.num_gpus`` processes on this machine (train_net.py's command line ``args``), the
+    recipe built and checked already. This process holds the lock of its output directory (on machine 0, which
+    writes the outputs) from before the workers start until they end: one run per output directory.
 
     Raises:
         ConfigError: the output directory is in use, or a worker stopped on a mistake of the user's.
     """
-    lock = OutputDirLock(output_dir, keys.output_dir) if args.machine_rank == 0 else contextlib.nullcontext()
+    settings = recipe.settings
+    lock = OutputDirLock(settings.output_dir, settings.names.output_dir) if args.machine_rank == 0 else contextlib.nullcontext()
     with lock:
         print("Command Line Args:", args)
         launch(
-            main_func,
+            run,
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
-            args=(args, cfg),
+            args=(args, recipe),
         )

@@ -12,8 +12,7 @@ import socket
 import sys
 from typing import Dict, Optional
 
-from ..config_keys import YACS_KEYS
-from ..errors import ConfigError
+from ..errors import ConfigError, SettingNames
 
 __all__ = ["OutputDirInUseError", "OutputDirLock"]
 
@@ -33,13 +32,13 @@ class OutputDirLock:
     warning naming that run. Take it in one process per run, the one that outlives the others: train_net.py's
     parent process on machine 0, before it starts the workers.
 
-        with OutputDirLock(cfg.OUTPUT_DIR):
+        with OutputDirLock(output_dir, "OUTPUT_DIR"):
             launch(...)
     """
 
     FILENAME = "run.lock"
 
-    def __init__(self, directory: str, key: str = YACS_KEYS.output_dir):
+    def __init__(self, directory: str, key: str = SettingNames().output_dir):
         """
         Args:
             directory: the run's output directory.

@@ -73,7 +73,6 @@ class EqualizedFocalLoss(nn.Module):
         implementation: str = "auto",
         focusing: bool = True,
         weighting: bool = True,
-        check_labels: bool = True,
     ):
         """
         Args:
@@ -84,10 +83,6 @@ class EqualizedFocalLoss(nn.Module):
                 $EFL_IMPLEMENTATION overrides it.
             focusing, weighting: use the per-class focusing factor gamma_j (else gamma_b for every class) and the
                 weighting factor gamma_j / gamma_b (else 1): the paper's ablations switch one of them off.
-            check_labels: raise ValueError for labels outside [-1, C]. Reading their range costs a host sync per
-                call, which stalls a GPU: the detectors of this package turn it off, because their labels come
-                from annotations that the training loader checks. Unchecked, a label above C acts as background
-                and one below -1 as ignored.
         """
         super().__init__()
         if num_classes < 1:
@@ -104,7 +99,6 @@ class EqualizedFocalLoss(nn.Module):
         self.implementation = implementation
         self.focusing = focusing
         self.weighting = weighting
-        self.check_labels = check_labels
         self.step: Optional[int] = None
         self.register_buffer("pos_grad", torch.zeros(num_classes))
         self.register_buffer("neg_grad", torch.zeros(num_classes))
@@ -132,7 +126,9 @@ class EqualizedFocalLoss(nn.Module):
             logits: (R, C) classification logits of R anchors (or queries, or grid cells), any float dtype
                 (computed in float32).
             labels: (R,) integer labels: -1 ignore (no loss, no statistics), 0..C-1 foreground class,
-                C background (a negative for every class).
+                C background (a negative for every class). Their values are not read back (on a GPU that would
+                stall every step): a label above C acts as background and one below -1 as ignored, so check the
+                classes where they come from, as this project's training loader checks every annotation.
             normalizer: the sum is divided by it (e.g. the number of positive anchors): a number or a 0-dim
                 tensor (which saves a host sync on GPUs), > 0.
             quality: (R,) float soft targets in [0, 1] of the positive cells. EQFL's positive target; EFL's
@@ -231,13 +227,6 @@ class EqualizedFocalLoss(nn.Module):
                 raise ValueError(f"normalizer must be a number or a one-element tensor, got {tuple(normalizer.shape)}")
         elif not normalizer > 0:
             raise ValueError(f"normalizer must be > 0, got {normalizer}")
-        if self.check_labels and labels.numel():
-            lo, hi = (int(v) for v in torch.aminmax(labels))
-            if lo < -1 or hi > self.num_classes:
-                raise ValueError(
-                    f"labels must lie in [-1, {self.num_classes}] (-1 ignore, {self.num_classes} "
-                    f"background), got values in [{lo}, {hi}]"
-                )
 
     @torch.no_grad()
     def _accumulate(self, pos_inc: Tensor, neg_inc: Tensor) -> None:
@@ -316,9 +305,8 @@ class EqualizedQualityFocalLoss(EqualizedFocalLoss):
         implementation: str = "auto",
         focusing: bool = True,
         weighting: bool = True,
-        check_labels: bool = True,
     ):
-        super().__init__(num_classes, gamma_b, scale, 0.5, implementation, focusing, weighting, check_labels)
+        super().__init__(num_classes, gamma_b, scale, 0.5, implementation, focusing, weighting)
 
     def extra_repr(self) -> str:
         return super().extra_repr().replace(f"alpha={self.alpha}, ", "")

@@ -4,7 +4,7 @@ META_ARCH_REGISTRY on import; EFLFCOS is built by LazyConfig), their head, neck 
 share (:class:`EFLDetectorMixin`).
 """
 from .atss import atss_assign
-from .efl_detector import CLS_LOSSES, EFLDetectorMixin, build_cls_loss
+from .efl_detector import CLS_LOSSES, FREQUENCY_GROUPS, EFLDetectorMixin, build_cls_loss
 from .fcos import EFLFCOS
 from .head import IoURetinaNetHead
 from .improved_baseline import ImprovedRetinaNet
@@ -16,6 +16,7 @@ __all__ = [
     "EFLDetectorMixin",
     "EFLFCOS",
     "EFLRetinaNet",
+    "FREQUENCY_GROUPS",
     "ImprovedRetinaNet",
     "IoURetinaNetHead",
     "LateralP6P7",

@@ -3,7 +3,7 @@ The EFL part of a dense detector, in one place for every detector that uses it (
 EFLFCOS): the classification loss with its statistics, the loss normaliser, and what is logged about them.
 """
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -11,24 +11,13 @@ from torch import Tensor
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..data.frequency import FREQUENCY_GROUPS, lvis_frequency_groups
-from ..data.train_loader import out_of_range_classes
 from ..losses import EqualizedFocalLoss, EqualizedQualityFocalLoss
 
-__all__ = [
-    "CLS_LOSSES",
-    "EFLDetectorMixin",
-    "build_cls_loss",
-    "efl_from_config",
-    "leave_class_check_to_the_loader",
-    "mean_over_processes",
-]
+__all__ = ["CLS_LOSSES", "EFLDetectorMixin", "FREQUENCY_GROUPS", "build_cls_loss", "mean_over_processes"]
 
-
-# The labels a detector gives its loss come from ground-truth classes that are checked before: by the training
-# loader of train_net.py (efl.data.train_loader.CheckAnnotatedClasses), or else by the detector itself
-# (EFLDetectorMixin.check_gt_classes). The loss does not read their range again, which would cost a host sync per
-# step.
+# The names of the frequency groups 0, 1 and 2 that a detector is given (LVIS's: classes in at most 10, 11 to 100
+# and more than 100 training images, efl.data.frequency), as its logged scalars call them.
+FREQUENCY_GROUPS = ("rare", "common", "frequent")
 
 
 def _efl(cfg, num_classes: int) -> EqualizedFocalLoss:
@@ -58,17 +47,12 @@ CLS_LOSSES = {"efl": _efl, "eqfl": _eqfl, "focal": _focal}
 
 
 def build_cls_loss(cfg, num_classes: int) -> EqualizedFocalLoss:
-    """The classification loss that MODEL.EFL.LOSS names, with MODEL.EFL's hyper-parameters."""
+    """The classification loss that MODEL.EFL.LOSS names, with MODEL.EFL's hyper-parameters (a detector's
+    ``from_config``)."""
     name = cfg.MODEL.EFL.LOSS
     if name not in CLS_LOSSES:
         raise ValueError(f"MODEL.EFL.LOSS must be one of {', '.join(CLS_LOSSES)}, got {name!r}")
     return CLS_LOSSES[name](cfg, num_classes)
-
-
-def efl_from_config(cfg, num_classes: int) -> Dict:
-    """The arguments of :class:`EFLDetectorMixin` from a yacs config."""
-    groups = lvis_frequency_groups(cfg.DATASETS.TRAIN[0], num_classes) if cfg.DATASETS.TRAIN else None
-    return {"cls_loss": build_cls_loss(cfg, num_classes), "frequency_groups": groups}
 
 
 def mean_over_processes(value: Tensor) -> Tensor:
@@ -91,11 +75,10 @@ class EFLDetectorMixin:
       exponential moving average of it, in the float64 buffer ``loss_normalizer`` so that checkpoints carry it;
     - logging (:meth:`log_efl_state`): the mean focusing factor, overall and per LVIS frequency group, and the
       positive anchors per image, every ``LOG_PERIOD`` iterations (the period of detectron2's writers) from the
-      first on, which is when the only host syncs of this part happen;
-    - the check of the ground-truth classes it trains on (``check_gt_classes``): a class outside [0, C) raises
-      ValueError naming the image. It reads the classes of the inputs as given (on the CPU when they come from a
-      data loader). train_net.py's trainers switch it off, because their loaders check every annotation in their
-      workers (:class:`efl.data.train_loader.CheckAnnotatedClasses`).
+      first on, which is when the only host syncs of this part happen.
+
+    Its ground-truth classes must lie in [0, C): the training loader checks every annotation on the CPU
+    (:class:`efl.data.train_loader.CheckAnnotatedClasses`), so that nothing reads them back from a GPU here.
     """
 
     LOG_PERIOD = 20
@@ -109,20 +92,18 @@ class EFLDetectorMixin:
         frequency_groups: Optional[Sequence[int]] = None,
         normalizer_momentum: Optional[float] = None,
         normalizer_start: float = 100.0,
-        check_gt_classes: bool = True,
         **kwargs,
     ):
         """
         Args:
             cls_loss: the classification loss (EqualizedFocalLoss or a variant), which holds the statistics. None
                 builds the paper's EFL (s = 8) with the detector's focal-loss gamma and alpha as gamma_b and alpha
-                (RetinaNet's and FCOS's defaults, 2 and 0.25, are the paper's). Its own check of the labels'
-                range is switched off: the ground-truth classes are checked before (``check_gt_classes``).
-            frequency_groups: optional (C,) LVIS frequency group of each class (0 rare, 1 common, 2 frequent);
-                when given, the mean focusing factor of each group is logged while training.
+                (RetinaNet's and FCOS's defaults, 2 and 0.25, are the paper's).
+            frequency_groups: optional (C,) frequency group of each class (0 rare, 1 common, 2 frequent, see
+                :data:`FREQUENCY_GROUPS`), the training set's (efl.data.lvis_frequency_groups); when given, the mean
+                focusing factor and gradient ratio of each group are logged while training.
             normalizer_momentum: None normalises each step by its own positive count; a momentum (detectron2's
                 RetinaNet and FCOS: 0.9) by an exponential moving average of it, starting at ``normalizer_start``.
-            check_gt_classes: check the ground-truth classes of every training batch (see above).
             kwargs: arguments of the detector.
         """
         super().__init__(**kwargs)
@@ -130,34 +111,13 @@ class EFLDetectorMixin:
             cls_loss = EqualizedFocalLoss(self.num_classes, gamma_b=self.focal_loss_gamma, alpha=self.focal_loss_alpha)
         if cls_loss.num_classes != self.num_classes:
             raise ValueError(f"cls_loss has {cls_loss.num_classes} classes, the detector {self.num_classes}")
-        cls_loss.check_labels = False
         self.cls_loss = cls_loss
-        self.check_gt_classes = check_gt_classes
         groups = None if frequency_groups is None else torch.as_tensor(frequency_groups)
         self.register_buffer("frequency_groups", groups, persistent=False)
         self.normalizer_momentum = normalizer_momentum
         self.normalizer_start = float(normalizer_start)
         if normalizer_momentum is not None:
             self.register_buffer("loss_normalizer", torch.tensor(self.normalizer_start, dtype=torch.float64))
-
-    def forward(self, batched_inputs: List[Dict]):
-        if self.training and self.check_gt_classes:
-            self._check_gt_classes(batched_inputs)
-        return super().forward(batched_inputs)
-
-    def _check_gt_classes(self, batched_inputs: List[Dict]) -> None:
-        """Raise ValueError for a ground-truth class outside [0, C), naming the image; one read of the classes."""
-        classes = [x["instances"].gt_classes for x in batched_inputs if "instances" in x]
-        if not classes or out_of_range_classes(torch.cat(classes), self.num_classes) is None:
-            return
-        for index, x in enumerate(batched_inputs):
-            found = out_of_range_classes(x["instances"].gt_classes, self.num_classes) if "instances" in x else None
-            if found is not None:
-                image = x.get("file_name", f"{index} of the batch")
-                raise ValueError(
-                    f"image {image!r} has ground-truth classes {found}, outside [0, {self.num_classes}): classes "
-                    f"must be 0..{self.num_classes - 1} for a model of {self.num_classes} classes (num_classes)"
-                )
 
     def efl_step(self, gt_labels: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         """
@@ -219,14 +179,3 @@ class EFLDetectorMixin:
         self.cls_loss.reset_statistics()
         if self.normalizer_momentum is not None:
             self.loss_normalizer = torch.full_like(self.loss_normalizer, self.normalizer_start)
-
-
-def leave_class_check_to_the_loader(model: torch.nn.Module) -> None:
-    """
-    Switch off an EFL detector's check of its ground-truth classes (``model`` may be wrapped in
-    DistributedDataParallel; other models are left alone): for a detector trained on a loader that checks every
-    annotation itself (efl.data.train_loader.CheckAnnotatedClasses), as train_net.py's are.
-    """
-    module = getattr(model, "module", model)
-    if isinstance(module, EFLDetectorMixin):
-        module.check_gt_classes = False

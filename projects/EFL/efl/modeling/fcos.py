@@ -39,9 +39,7 @@ class EFLFCOS(EFLDetectorMixin, FCOS):
                 momentum 0.9 from 300 (see :class:`EFLDetectorMixin`).
             kwargs: arguments of :class:`EFLDetectorMixin` and :class:`FCOS`. Of the mixin's, ``cls_loss`` is by
                 default the paper's EFL, with FCOS's ``focal_loss_gamma`` and ``focal_loss_alpha`` (2 and 0.25) as
-                gamma_b and alpha; give ``frequency_groups`` (e.g.
-                ``L(lvis_frequency_groups)(dataset_name="lvis_v1_train", num_classes=1203)``) to log the mean
-                gamma_j of each LVIS frequency group.
+                gamma_b and alpha.
         """
         super().__init__(normalizer_momentum=normalizer_momentum, normalizer_start=normalizer_start, **kwargs)
 

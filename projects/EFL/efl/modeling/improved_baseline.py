@@ -21,7 +21,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.structures.boxes import matched_pairwise_iou
 
 from .atss import atss_assign
-from .efl_detector import EFLDetectorMixin, efl_from_config, mean_over_processes
+from .efl_detector import EFLDetectorMixin, build_cls_loss, mean_over_processes
 from .giou import giou_loss
 from .head import IoURetinaNetHead
 
@@ -82,7 +82,7 @@ class ImprovedRetinaNet(EFLDetectorMixin, RetinaNet):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
-            **efl_from_config(cfg, head_cfg.NUM_CLASSES),
+            "cls_loss": build_cls_loss(cfg, head_cfg.NUM_CLASSES),
             "atss_topk": cfg.MODEL.IMPROVED_BASELINE.ATSS_TOPK,
             "iou_branch": cfg.MODEL.IMPROVED_BASELINE.IOU_BRANCH,
             "iou_weighted_box_loss": cfg.MODEL.IMPROVED_BASELINE.IOU_WEIGHTED_BOX_LOSS,

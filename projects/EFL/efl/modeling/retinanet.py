@@ -10,7 +10,7 @@ from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes
 
-from .efl_detector import EFLDetectorMixin, efl_from_config
+from .efl_detector import EFLDetectorMixin, build_cls_loss
 
 __all__ = ["EFLRetinaNet"]
 
@@ -37,7 +37,7 @@ class EFLRetinaNet(EFLDetectorMixin, RetinaNet):
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        ret.update(efl_from_config(cfg, cfg.MODEL.RETINANET.NUM_CLASSES))
+        ret["cls_loss"] = build_cls_loss(cfg, cfg.MODEL.RETINANET.NUM_CLASSES)
         return ret
 
     def forward_training(self, images, features, predictions, gt_instances):

@@ -1,7 +1,9 @@
 """
-LazyConfig (``.py``) files as train_net.py reads them: loaded with a one-line message for each mistake a user makes
-in the file or on the command line, and the facts the checks and the trainer read from them (the datasets, the
-parts of ``lr_multiplier`` that an epoch-based schedule sets).
+The LazyConfig front-end: a ``.py`` config (detectron2's LazyConfig: ``model``, ``dataloader``, ``optimizer``,
+``lr_multiplier``, ``train``, as in its model zoo's ``configs/common``), loaded with a one-line message for each
+mistake a user makes in the file or on the command line, checked for what only a LazyConfig can get wrong, and
+turned into the engine's :class:`~efl.engine.Recipe`. Messages name its settings as a LazyConfig writes them
+(:data:`LAZY_NAMES`).
 
 Overrides are detectron2's (``key=value``, Hydra's syntax), with one difference: detectron2 creates a key that the
 config does not have, so a misspelled one is silently ignored; here it is refused, with the closest keys. A key
@@ -11,6 +13,20 @@ may be new where the config says it may be:
 - the optional keys of ``train`` and ``dataloader`` (:data:`OPTIONAL_KEYS`), and anything under ``train.ddp``
   (DistributedDataParallel's keyword arguments);
 - any key written as Hydra adds one, ``+key=value``.
+
+The keys this project reads beyond detectron2's, all optional::
+
+    train.max_epochs = 24  # count in epochs: train.max_iter and lr_multiplier's iterations are set from the data
+    train.epoch_steps = [16, 22]  # the milestones of lr_multiplier's MultiStepParamScheduler, in epochs
+    train.warmup_epochs = 1.0  # the length of its WarmupParamScheduler, in epochs
+    train.allow_partial_weights = True  # load weights that do not fill the model (fine-tuning)
+    train.clip_gradients = dict(max_norm=35.0, norm_type=2.0)  # clip the norm of all gradients together
+    train.reset_efl_statistics = True  # start the EFL statistics afresh after loading train.init_checkpoint
+    dataloader.register = [("mine_train", "lvis", "/data/mine/train.json", "/data/mine/images")]  # your datasets
+
+``dataloader.train.sampler`` is optional: TrainingSampler by default, or efl.data.samplers.RepeatFactorSampler
+for repeat factors with ceil or stochastic rounding. An EFL detector (``model._target_``) is given the frequency
+groups of the training set, unless the config sets ``model.frequency_groups``.
 """
 import difflib
 import inspect
@@ -26,16 +42,23 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from detectron2.config import LazyConfig
+from detectron2.config import LazyConfig, instantiate
 from detectron2.data import get_detection_dataset_dicts
+from detectron2.data.samplers import TrainingSampler
 from detectron2.solver import WarmupParamScheduler
 from detectron2.utils.registry import locate
 
-from .errors import ConfigError
+from ..data.samplers import REPEAT_ROUNDINGS, RepeatFactorSampler
+from ..data.train_loader import LoaderCall
+from ..engine import EpochSchedule, Recipe, RunSettings, TestSet
+from ..errors import ConfigError, SettingNames
+from ..modeling import EFLDetectorMixin
 
 __all__ = [
+    "LAZY_NAMES",
     "OPTIONAL_KEYS",
     "LazyLRSchedule",
+    "LazyRecipe",
     "calls",
     "lazy_dataset_names",
     "lazy_lr_schedule",
@@ -58,7 +81,7 @@ OPTIONAL_KEYS = {
         "reset_efl_statistics",
     ),
     "train.amp": ("enabled",),
-    "train.checkpointer": ("period", "max_to_keep", "file_prefix"),  # detectron2's PeriodicCheckpointer
+    "train.checkpointer": ("period", "max_to_keep"),  # detectron2's PeriodicCheckpointer
     "train.clip_gradients": ("max_norm", "norm_type"),  # efl.engine.FullModelGradientClipping
     "dataloader": ("train", "test", "evaluator", "register"),
 }  # fmt: skip
@@ -328,3 +351,151 @@ def lazy_lr_schedule(cfg: DictConfig) -> LazyLRSchedule:
         warmup, inner, inner_key = multiplier, multiplier.get("scheduler"), "lr_multiplier.scheduler"
     multistep = inner if calls(inner, MultiStepParamScheduler) else None
     return LazyLRSchedule(warmup, "lr_multiplier", multistep, inner_key)
+
+
+LAZY_NAMES = SettingNames(
+    output_dir="train.output_dir",
+    weights="train.init_checkpoint",
+    allow_partial_weights="train.allow_partial_weights",
+    architecture="model._target_",
+    num_classes="model.num_classes",
+    device="train.device",
+    batch_size="dataloader.train.total_batch_size",
+    max_iter="train.max_iter",
+    max_epochs="train.max_epochs",
+    epoch_steps="train.epoch_steps",
+    warmup_epochs="train.warmup_epochs",
+    filter_empty="dataloader.train.dataset.filter_empty",
+    register="dataloader.register",
+    reset_statistics="train.reset_efl_statistics",
+    override_format="{key}={value}",
+)
+
+
+class LazyRecipe(Recipe):
+    """A LazyConfig as the engine runs it: each part instantiated from its node."""
+
+    def __init__(self, cfg: DictConfig, eval_only: bool = False):
+        """
+        Args:
+            cfg: a loaded config (:func:`load_lazy_config`).
+            eval_only: whether it is only evaluated (then its training loader is not read).
+        """
+        self.config = cfg
+        train, loader = cfg.train, cfg.dataloader
+        train_names, test_names = lazy_dataset_names(cfg, eval_only)
+        train_loader = loader.get("train") or {}
+        dataset = train_loader.get("dataset") if train_names else None
+        num_classes = cfg.model.get("num_classes")
+        max_epochs = train.get("max_epochs")
+        clip = train.get("clip_gradients")
+        checkpointer = train.get("checkpointer") or {}
+        self.settings = RunSettings(
+            names=LAZY_NAMES,
+            output_dir=train.output_dir,
+            device=str(train.get("device", "cuda")),
+            num_classes=num_classes if isinstance(num_classes, int) else None,
+            train_datasets=tuple(train_names),
+            test_datasets=tuple(test_names),
+            register=tuple(tuple(entry) for entry in loader.get("register") or ()),
+            batch_size=train_loader.get("total_batch_size"),
+            max_iter=None if max_epochs else train.get("max_iter"),
+            epochs=EpochSchedule(
+                max_epochs, tuple(train.get("epoch_steps") or ()), train.get("warmup_epochs") or 0.0
+            ) if max_epochs else None,  # fmt: skip
+            weights=train.get("init_checkpoint") or "",
+            allow_partial_weights=bool(train.get("allow_partial_weights", False)),
+            reset_efl_statistics=bool(train.get("reset_efl_statistics", False)),
+            filter_empty=dataset.get("filter_empty", True) if dataset is not None else True,
+            amp=bool((train.get("amp") or {}).get("enabled", False)),
+            clip_gradients=(clip.max_norm, clip.get("norm_type", 2.0)) if clip else None,
+            checkpoint_period=checkpointer.get("period", 5000),
+            max_to_keep=checkpointer.get("max_to_keep"),
+            eval_period=train.get("eval_period", 0),
+            log_period=train.get("log_period", 20),
+            ddp=dict(train.get("ddp") or {}),
+        )
+
+    def check(self, eval_only: bool = False) -> None:
+        """What only a LazyConfig can get wrong: the repeat-factor rounding of its sampler, and a schedule in
+        epochs whose sampler or lr_multiplier cannot take it."""
+        if eval_only:
+            return
+        cfg = self.config
+        train, sampler = cfg.train, cfg.dataloader.train.get("sampler")
+        if calls(sampler, RepeatFactorSampler):
+            rounding = sampler.get("rounding", "stochastic")
+            if rounding not in REPEAT_ROUNDINGS:
+                raise ConfigError(
+                    f"dataloader.train.sampler.rounding must be one of {', '.join(REPEAT_ROUNDINGS)}, got {rounding!r}"
+                )
+        if not train.get("max_epochs"):
+            return
+        epochs = calls(sampler, RepeatFactorSampler) or calls(sampler, TrainingSampler, exactly=True)
+        if sampler is not None and not epochs:
+            raise ConfigError(
+                "train.max_epochs needs a sampler with epochs: dataloader.train.sampler TrainingSampler (the default) "
+                "or efl.data.samplers.RepeatFactorSampler (repeat factors with ceil or stochastic rounding); or count "
+                "in iterations with train.max_epochs=null and train.max_iter"
+            )
+        steps, warmup = self.settings.epochs.steps, self.settings.epochs.warmup
+        schedule = lazy_lr_schedule(cfg)
+        if steps and schedule.multistep is None:
+            raise ConfigError(
+                "train.epoch_steps needs lr_multiplier to be a MultiStepParamScheduler, or a WarmupParamScheduler of "
+                "one, whose milestones they set"
+            )
+        if schedule.multistep is not None:
+            values = list(schedule.multistep.get("values") or ())
+            if len(values) != len(steps) + 1:
+                raise ConfigError(
+                    f"{schedule.multistep_key}.values has {len(values)} values, so train.epoch_steps needs "
+                    f"{len(values) - 1} epochs, got {list(steps)}"
+                )
+        if warmup and schedule.warmup is None:
+            raise ConfigError("train.warmup_epochs needs lr_multiplier to be a WarmupParamScheduler, whose length it sets")
+
+    def build_model(self, frequency_groups):
+        node = self.config.model
+        if frequency_groups is not None and calls(node, EFLDetectorMixin) and node.get("frequency_groups") is None:
+            node.frequency_groups = list(frequency_groups)
+        try:
+            model = instantiate(node)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"cannot build the model of the config: {type(e).__name__}: {e}") from None
+        return model.to(self.settings.device)  # a LazyConfig's model is built on the CPU
+
+    def build_optimizer(self, model):
+        self.config.optimizer.params.model = model
+        return instantiate(self.config.optimizer)
+
+    def train_loader(self) -> LoaderCall:
+        node = self.config.dataloader.train
+        build = node._target_
+        arguments = {key: instantiate(value) for key, value in node.items() if key != "_target_"}
+        return LoaderCall(locate(build) if isinstance(build, str) else build, arguments)
+
+    def build_lr_scheduler(self, optimizer, resolved):
+        cfg = self.config
+        if resolved is not None:
+            parts = lazy_lr_schedule(cfg)
+            cfg.train.max_iter = resolved.max_iter
+            if parts.multistep is not None:
+                parts.multistep.milestones = list(resolved.steps)
+                parts.multistep.num_updates = resolved.max_iter
+            if parts.warmup is not None:
+                parts.warmup.warmup_length = resolved.warmup_iters / max(resolved.max_iter, 1)
+        return instantiate(cfg.lr_multiplier)
+
+    def test_sets(self) -> List[TestSet]:
+        loader = self.config.dataloader
+        if loader.get("evaluator") is None:
+            return []
+        names = self.settings.test_datasets
+        return [
+            TestSet(
+                names[0] if len(names) == 1 else "test",
+                lambda: instantiate(loader.test),
+                lambda: instantiate(loader.evaluator),
+            )
+        ]

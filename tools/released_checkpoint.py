@@ -1,6 +1,7 @@
 """
 Conversion of the EFL authors' released checkpoints (United-Perception / EOD, improved baseline on LVIS v1) to this
-project's ImprovedRetinaNet (configs/LVISv1/released_improved_R_*.yaml).
+project's ImprovedRetinaNet (configs/LVISv1/released_improved_R_*.yaml), for convert_released_checkpoint.py. Torch
+only.
 
 Key mapping (official -> ours):
   backbone.layer0.{0,1}  or  backbone.{conv1,bn1}      -> backbone.bottom_up.stem.conv1{,.norm}

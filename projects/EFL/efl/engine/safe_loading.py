@@ -15,7 +15,7 @@ from typing import Any, FrozenSet, List, Tuple
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["UnreadableFileError", "UnsafeFileError", "check_pickle_file", "load_torch_file"]
 
