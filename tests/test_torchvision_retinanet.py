@@ -15,10 +15,12 @@ SIZE = 96
 
 
 def readme_blocks():
-    """The two Python blocks of the README's "torchvision's RetinaNet" section: the head, then a training step."""
-    section = REPO.joinpath("README.md").read_text().split("### torchvision's RetinaNet", 1)[1].split("\n### ", 1)[0]
+    """The two Python blocks of docs/own-detector.md's "torchvision's RetinaNet" section: the head, then a training
+    step."""
+    page = REPO.joinpath("docs", "own-detector.md").read_text()
+    section = page.split("\n## torchvision's RetinaNet\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert len(blocks) == 2, "README: expected the head and the training step in the torchvision section"
+    assert len(blocks) == 2, "docs/own-detector.md: expected the head and the training step in the torchvision section"
     return blocks
 
 
