@@ -9,14 +9,15 @@ Train and evaluate EFL (and focal-loss baseline) detectors with detectron2.
 
 A .yaml file is a yacs config (overrides KEY VALUE), a .py file a LazyConfig (overrides key=value); both are
 trained by the same engine (efl.engine). The config is loaded and checked once, in this process, before any worker
-process starts; this process (on machine 0) holds the output directory's lock until the run ends.
+process starts; this process (on machine 0) holds the output directory's lock until the run ends. SIGTERM, SIGUSR1
+or SIGINT stop the run after a checkpoint of the current iteration, with exit status 75 (resume with --resume).
 """
 import sys
 
 from detectron2.engine import default_argument_parser
 
 from efl.config import check, load
-from efl.engine import launch_run
+from efl.engine import EXIT_PREEMPTED, Preempted, launch_run
 from efl.errors import ConfigError
 
 
@@ -43,3 +44,6 @@ if __name__ == "__main__":
         main(argument_parser().parse_args())
     except ConfigError as e:  # also one found inside a worker process, e.g. an unreadable checkpoint
         sys.exit(f"train_net.py: error: {e}")
+    except Preempted as stop:  # SIGTERM, SIGUSR1 or SIGINT: the state of the last iteration is saved
+        print(f"train_net.py: {stop}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)

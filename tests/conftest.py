@@ -147,3 +147,30 @@ def _propagating_loggers():
     yield
     for name in ("efl", "detectron2", "d2", "fvcore"):
         logging.getLogger(name).propagate = True
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory):
+    """
+    ``uninterrupted(system, num_processes)``: the output directory of a finished, uninterrupted run of
+    interruptions.py's deterministic settings ("yacs" or "lazy"), run once per session. The 2-process yacs run is
+    tests/dist_worker.py's: train_net.py's training with a hook that checks the EFL statistics on both ranks after
+    every iteration (test_distributed.py reads its reports).
+    """
+    import interruptions
+
+    done = {}
+
+    def run(system: str, num_processes: int):
+        if (system, num_processes) not in done:
+            out = tmp_path_factory.mktemp(f"uninterrupted_{system}_{num_processes}")
+            if system == "lazy":
+                command = interruptions.lazy_command(out, num_processes)
+            else:
+                command = interruptions.yacs_command(out, num_processes)
+                if num_processes > 1:
+                    command[1] = str(REPO / "tests" / "dist_worker.py")
+            done[(system, num_processes)] = (out, interruptions.run_to_the_end(command))
+        return done[(system, num_processes)]
+
+    return run

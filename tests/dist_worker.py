@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
-from detectron2.engine import HookBase, default_setup, launch
+from detectron2.engine import HookBase, default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from conftest import REPO, load_train_net
 from efl.config import load
-from efl.engine import build_training
+from efl.engine import build_training, launch
 
 
 class CheckStatistics(HookBase):
@@ -82,6 +83,7 @@ class CheckStatistics(HookBase):
 def worker(args, recipe):
     """What efl.engine.run does to train, with CheckStatistics added to the trainer's hooks."""
     default_setup(recipe.config, args)
+    setup_logger(recipe.settings.output_dir, distributed_rank=comm.get_rank(), name="efl")
     training = build_training(recipe, resume=False)
     training.trainer.register_hooks([CheckStatistics(recipe.settings.output_dir)])
     training.trainer.train(training.start_iter, training.max_iter)
@@ -98,4 +100,5 @@ if __name__ == "__main__":
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args, recipe),
+        fork=True,  # as train_net.py starts its processes on the CPU
     )

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets.lvis import load_lvis_json
-from detectron2.engine import hooks, launch
+from detectron2.engine import hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from conftest import REPO, load_train_net
 from efl.config import load
-from efl.engine import build_training
+from efl.engine import build_training, launch
 
 
 def report(args, recipe) -> None:
@@ -44,4 +44,4 @@ if __name__ == "__main__":
     os.chdir(REPO)
     args = load_train_net().argument_parser().parse_args()
     recipe = load(args.config_file, args.opts, num_processes=args.num_gpus)
-    launch(report, args.num_gpus, dist_url=args.dist_url, args=(args, recipe))
+    launch(report, args.num_gpus, dist_url=args.dist_url, args=(args, recipe), fork=True)

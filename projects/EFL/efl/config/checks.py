@@ -21,17 +21,21 @@ from ..errors import ConfigError, SettingNames
 __all__ = ["check"]
 
 
-def check(recipe: Recipe, eval_only: bool = False, resume: bool = False, num_processes: int = 1) -> None:
+def check(
+    recipe: Recipe, eval_only: bool = False, resume: bool = False, num_processes: int = 1, here: bool = True
+) -> None:
     """
     Raise ConfigError unless ``recipe`` can run here in ``num_processes`` processes: the device present, a length
     and a batch that the processes can share, what its config system checks (``recipe.check``), every dataset it
     uses registered with its files in place (the embedded synthetic sets are generated when they are first loaded,
     not here), its evaluation images present (registered sets), as many classes in the model as in the datasets,
-    training images to train on, and the weights present (unless ``resume`` finds a checkpoint to start from).
+    training images to train on, the weights present (unless ``resume`` finds a checkpoint to start from), and an
+    output directory that can be created and written. ``here``: the run will run on this machine (else, as for a
+    job submitted to a cluster, its device is not checked).
     """
     settings = recipe.settings
     names = settings.names
-    if settings.device.startswith("cuda") and not torch.cuda.is_available():
+    if here and settings.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"{names.device} is '{settings.device}' but no CUDA GPU is visible: add "
             f"{names.setting(names.device, 'cpu')} to the command line to run on the CPU"
@@ -49,6 +53,7 @@ def check(recipe: Recipe, eval_only: bool = False, resume: bool = False, num_pro
     resumes = resume and os.path.isfile(os.path.join(settings.output_dir, "last_checkpoint"))
     if (eval_only or settings.weights) and not resumes:
         _check_weights(settings.weights, names)
+    _check_output_dir(settings.output_dir, names)
 
 
 def _check_length(settings: RunSettings) -> None:
@@ -171,3 +176,22 @@ def _check_weights(weights: str, names: SettingNames) -> None:
             raise ConfigError(f"cannot fetch {names.weights} {weights}: {e}") from None
     if not os.path.isfile(path):
         raise ConfigError(f"{names.weights} file not found: {path} (give a path, a detectron2:// URL or \"\")")
+
+
+def _check_output_dir(output_dir: str, names: SettingNames) -> None:
+    """The output directory, or the nearest folder above it that exists, is one this process may write into (a
+    read-only file system or missing permissions are found here, without creating anything)."""
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    problem = None
+    if not os.path.isdir(existing):
+        problem = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        try:
+            writable = os.statvfs(existing).f_flag & os.ST_RDONLY == 0
+        except OSError:
+            writable = True
+        problem = f"{existing} is not writable" + ("" if writable else " (a read-only file system)")
+    if problem:
+        raise ConfigError(f"{names.output_dir} {output_dir} cannot be created or written: {problem}; set {names.output_dir} to a writable folder")

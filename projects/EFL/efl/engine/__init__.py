@@ -8,9 +8,11 @@ from .hooks import FULL_MODEL, FullModelGradientClipping, ReportNonFiniteStatist
 from .launch import launch, launch_run
 from .lock import OutputDirInUseError, OutputDirLock
 from .schedule import EpochSchedule, IterationSchedule, resolve_epoch_schedule
+from .signals import EXIT_PREEMPTED, STOP_SIGNALS, Preempted
 from .training import Recipe, RunSettings, TestSet, Training, build_training, evaluate, evaluate_weights, run, train
 
 __all__ = [
+    "EXIT_PREEMPTED",
     "EFLCheckpointer",
     "EpochSchedule",
     "FULL_MODEL",
@@ -18,10 +20,12 @@ __all__ = [
     "IterationSchedule",
     "OutputDirInUseError",
     "OutputDirLock",
+    "Preempted",
     "Recipe",
     "ReportNonFiniteStatistics",
     "RevertStatisticsOfSkippedSteps",
     "RunSettings",
+    "STOP_SIGNALS",
     "TestSet",
     "Training",
     "WeightsMismatchError",

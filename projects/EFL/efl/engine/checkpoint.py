@@ -2,8 +2,11 @@
 The project's checkpointer: detectron2's, with crash-safe writes, safe reads, weights that must fit the model,
 and resuming from the newest checkpoint that can be read.
 """
+import errno
+import io
 import logging
 import os
+import shutil
 import socket
 from collections import defaultdict
 from typing import Dict, List, Sequence, Tuple
@@ -13,7 +16,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from ..errors import ConfigError, SettingNames
 from .safe_loading import UnreadableFileError, check_pickle_file, load_torch_file
 
-__all__ = ["EFLCheckpointer", "WeightsMismatchError", "reset_efl_statistics"]
+__all__ = ["DiskFullError", "EFLCheckpointer", "WeightsMismatchError", "reset_efl_statistics"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,53 @@ class WeightsMismatchError(ConfigError):
     """Weights that do not fill the model exactly: keys missing or left over, or tensors of other shapes."""
 
 
+class DiskFullError(ConfigError):
+    """A checkpoint that did not fit on the disk; the partial file is removed."""
+
+
+class _ByteCounter(io.RawIOBase):
+    """A file that only counts the bytes written to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.written += len(data)
+        return len(data)
+
+
+class _CountingPathManager:
+    """What the checkpointer opens to write: a :class:`_ByteCounter` (the size a checkpoint takes, without a disk)."""
+
+    def __init__(self):
+        self.file = _ByteCounter()
+
+    def open(self, path: str, mode: str) -> _ByteCounter:
+        return self.file
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised while handling, is "no space left on device"."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _size(num_bytes: float) -> str:
+    if num_bytes < 1024:
+        return f"{num_bytes:.0f} bytes"
+    for unit in ("KB", "MB", "GB"):
+        num_bytes /= 1024
+        if num_bytes < 1024 or unit == "GB":
+            return f"{num_bytes:.1f} {unit}"
+
+
 def _is_efl_state(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in _EFL_STATE
 
@@ -40,7 +90,8 @@ class EFLCheckpointer(DetectionCheckpointer):
     """
     - **Writing.** A checkpoint is written under a temporary name unique to the process (host and pid) and renamed
       into place, and ``last_checkpoint`` is replaced atomically after it: an interrupted write never leaves
-      ``last_checkpoint`` naming a broken file, and two processes never write the same temporary file.
+      ``last_checkpoint`` naming a broken file, and two processes never write the same temporary file. A write that
+      the disk cannot hold removes its partial file and stops with one message (:class:`DiskFullError`).
     - **Reading.** ``.pth`` files are read with ``weights_only=True`` and ``.pkl`` files only when they hold nothing
       but dicts and numpy arrays (:mod:`efl.safe_loading`), unless ``trust_pickle``. A file that cannot be read
       stops with a message that names it.
@@ -85,6 +136,13 @@ class EFLCheckpointer(DetectionCheckpointer):
         self._tagging_allowed = False
         try:
             super().save(temporary, **kwargs)
+        except (OSError, RuntimeError) as e:  # torch.save reports ENOSPC as a RuntimeError from its zip writer
+            partial = os.path.join(self.save_dir, f"{temporary}.pth")
+            if os.path.exists(partial):
+                os.remove(partial)
+            if not _disk_full(e):
+                raise
+            raise DiskFullError(self._disk_full_message(name, temporary, kwargs)) from None
         finally:
             self._tagging_allowed = True
         if not self.save_dir or not self.save_to_disk:
@@ -92,6 +150,22 @@ class EFLCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         os.replace(os.path.join(self.save_dir, f"{temporary}.pth"), os.path.join(self.save_dir, basename))
         self.tag_last_checkpoint(basename)
+
+    def _disk_full_message(self, name: str, temporary: str, kwargs) -> str:
+        """Names the file, the bytes it needs (the same checkpoint serialised again, into a counter) and the space
+        left."""
+        counter = _CountingPathManager()
+        disk, self.path_manager = self.path_manager, counter
+        try:
+            super().save(temporary, **kwargs)
+        finally:
+            self.path_manager = disk
+        free = shutil.disk_usage(self.save_dir).free
+        return (
+            f"no space left to write {os.path.join(self.save_dir, name)}.pth: it needs {_size(counter.file.written)}, the disk "
+            f"of {self.save_dir} has {_size(free)} free; the previous checkpoint and last_checkpoint are untouched: "
+            "free some space, then continue with --resume"
+        )
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         if not self._tagging_allowed:

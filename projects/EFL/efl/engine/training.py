@@ -10,9 +10,13 @@ A run, in each process: register the datasets, detectron2's ``default_setup`` (l
   EFLCheckpointer (safe, fitting, atomic, resuming from a readable file), and the sampler continued where the
   checkpoint left it;
 - evaluation (``--eval-only``): the model, its weights loaded strictly and safely, every test set evaluated.
+A stop signal (SIGTERM, SIGUSR1, SIGINT) ends either with a checkpoint of the last completed iteration and nothing
+half-written (efl.engine.signals).
 """
 import abc
 import logging
+import os
+import sys
 from collections import OrderedDict
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -32,6 +36,7 @@ from ..errors import SettingNames
 from .checkpoint import EFLCheckpointer, reset_efl_statistics
 from .hooks import FullModelGradientClipping, ReportNonFiniteStatistics, RevertStatisticsOfSkippedSteps
 from .schedule import EpochSchedule, IterationSchedule, resolve_and_log
+from .signals import EXIT_PREEMPTED, Preempted, StopOnSignal, StoppableEvaluation, stopping_on_signals
 
 __all__ = [
     "Recipe",
@@ -177,6 +182,7 @@ def build_training(recipe: Recipe, resume: bool, trust_pickle: bool = False) -> 
             hooks.PeriodicWriter(default_writers(settings.output_dir, max_iter), period=settings.log_period)
             if main_process
             else None,
+            StopOnSignal(),
         ]
     )
     checkpointer.resume_or_load(settings.weights, resume=resume)
@@ -190,9 +196,21 @@ def build_training(recipe: Recipe, resume: bool, trust_pickle: bool = False) -> 
 
 
 def train(recipe: Recipe, resume: bool, trust_pickle: bool = False) -> None:
-    """Train ``recipe`` (see :func:`build_training`)."""
+    """
+    Train ``recipe`` (see :func:`build_training`). When a stop signal arrives (efl.engine.signals), the main process
+    writes a checkpoint of the last completed iteration and :class:`Preempted` is raised in every process.
+    """
     training = build_training(recipe, resume, trust_pickle)
-    training.trainer.train(training.start_iter, training.max_iter)
+    trainer = training.trainer
+    try:
+        trainer.train(training.start_iter, training.max_iter)
+    except Preempted as stop:
+        # The iteration trainer.iter is complete (a stop is decided after a step, or in an evaluation after one).
+        name = f"model_{trainer.iter:07d}"
+        if comm.is_main_process():
+            training.checkpointer.save(name, iteration=trainer.iter)
+        comm.synchronize()
+        raise Preempted(stop.signum, trainer.iter, os.path.join(recipe.settings.output_dir, f"{name}.pth")) from None
 
 
 def evaluate(model: nn.Module, test_sets: Sequence[TestSet]) -> Dict[str, Dict]:
@@ -200,7 +218,8 @@ def evaluate(model: nn.Module, test_sets: Sequence[TestSet]) -> Dict[str, Dict]:
     results = OrderedDict()
     for test_set in test_sets:
         data_loader = test_set.build_loader()
-        results[test_set.name] = inference_on_dataset(model, data_loader, test_set.build_evaluator())
+        evaluation = StoppableEvaluation(test_set.build_evaluator())  # writes nothing when a stop signal comes
+        results[test_set.name] = inference_on_dataset(model, evaluation.loader(data_loader), evaluation)
         if comm.is_main_process():
             logger.info(f"Evaluation results for {test_set.name} in csv format:")
             print_csv_format(results[test_set.name])
@@ -224,14 +243,23 @@ def evaluate_weights(recipe: Recipe, resume: bool, trust_pickle: bool = False) -
 def run(args, recipe: Recipe) -> Optional[Dict]:
     """
     One process's work, as train_net.py launches it (``args``: its command line): train, or with
-    ``args.eval_only`` evaluate. ``recipe`` was built and checked once, before the processes started.
+    ``args.eval_only`` evaluate. ``recipe`` was built and checked once, before the processes started. A process
+    stopped by a signal (:class:`Preempted`) ends with EXIT_PREEMPTED when it is one of several (its launcher
+    reports the stop), and raises it otherwise.
     """
     settings = recipe.settings
     register_datasets(settings.register, settings.names.register)  # launch's worker processes start afresh
     default_setup(recipe.config, args)
     setup_logger(settings.output_dir, distributed_rank=comm.get_rank(), name="efl")  # our modules' messages too
-    with naming_malformed_dataset_files(settings.train_datasets + settings.test_datasets):
-        if args.eval_only:
-            return evaluate_weights(recipe, args.resume, args.trust_pickle)
-        train(recipe, args.resume, args.trust_pickle)
+    try:
+        with stopping_on_signals(), naming_malformed_dataset_files(settings.train_datasets + settings.test_datasets):
+            if args.eval_only:
+                return evaluate_weights(recipe, args.resume, args.trust_pickle)
+            train(recipe, args.resume, args.trust_pickle)
+    except Preempted as stop:
+        if comm.is_main_process():
+            logger.warning(stop.message())
+        if comm.get_world_size() > 1:
+            sys.exit(EXIT_PREEMPTED)
+        raise
     return None
