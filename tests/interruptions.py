@@ -154,3 +154,14 @@ def sigkill_once_training(started: Started, after_iteration: int) -> None:
     started.signal_group(signal.SIGKILL)
     started.process.wait()
     assert not (started.output_dir / "model_final.pth").exists(), "the run ended before it was killed"
+
+
+def stop_once_training(command, output_dir: Path, after_iteration: int, send, signal_name: str) -> int:
+    """Start ``command``, and once it wrote a checkpoint after ``after_iteration``, ``send(started)`` a stop signal;
+    it must stop with a checkpoint (as ``signal_name`` reports it): returns the iteration saved."""
+    started = Started(command, output_dir)
+    started.wait_for_checkpoint_after(after_iteration)
+    send(started)
+    stopped_at = assert_stopped_with_a_checkpoint(started.finish(), signal_name, output_dir)
+    assert stopped_at > after_iteration
+    return stopped_at

@@ -33,11 +33,11 @@ from interruptions import (
     Started,
     assert_kept_and_trained_on,
     assert_same_end,
-    assert_stopped_with_a_checkpoint,
     lazy_command,
     resumed_from,
     run_to_the_end,
     sigkill_once_training,
+    stop_once_training,
     yacs_command,
 )
 
@@ -46,10 +46,7 @@ def test_one_process_stopped_by_sigterm_then_killed_resumes_to_the_uninterrupted
     """SIGTERM to the run's process group; --resume; SIGKILL to its group after its next checkpoint; --resume."""
     reference, _ = uninterrupted("yacs", 1)
     out = tmp_path / "run"
-    started = Started(yacs_command(out, 1), out)
-    started.wait_for_checkpoint_after(-1)
-    started.signal_group(signal.SIGTERM)
-    stopped_at = assert_stopped_with_a_checkpoint(started.finish(), "SIGTERM", out)
+    stopped_at = stop_once_training(yacs_command(out, 1), out, -1, lambda run: run.signal_group(signal.SIGTERM), "SIGTERM")
     shutil.copytree(out, tmp_path / "for_two_processes")
 
     sigkill_once_training(Started(yacs_command(out, 1, "--resume"), out), stopped_at)
@@ -75,24 +72,18 @@ def test_two_processes_stopped_every_way_resume_to_the_uninterrupted_end(uninter
     """
     reference, _ = uninterrupted("yacs", 2)
     out = tmp_path / "run"
-    started = Started(yacs_command(out, 2), out)
-    started.wait_for_checkpoint_after(-1)
-    started.signal_launcher(signal.SIGTERM)
-    stopped_at = assert_stopped_with_a_checkpoint(started.finish(), "SIGTERM", out)
+    stopped_at = stop_once_training(yacs_command(out, 2), out, -1, lambda run: run.signal_launcher(signal.SIGTERM), "SIGTERM")
     shutil.copytree(out, tmp_path / "for_one_process")
 
-    started = Started(yacs_command(out, 2, "--resume"), out)
-    started.wait_for_checkpoint_after(stopped_at)
-    os.kill(started.workers()[1], signal.SIGUSR1)
-    previous, stopped_at = stopped_at, assert_stopped_with_a_checkpoint(started.finish(), "a signal", out)
-    assert stopped_at > previous
+    resume = yacs_command(out, 2, "--resume")
+    one_worker = lambda run: os.kill(run.workers()[1], signal.SIGUSR1)  # noqa: E731
+    stopped_at = stop_once_training(resume, out, stopped_at, one_worker, "a signal")  # the launcher did not get it
 
-    started = Started(yacs_command(out, 2, "--resume"), out)
-    started.wait_for_checkpoint_after(stopped_at)
-    started.signal_group(signal.SIGINT)
-    started.signal_group(signal.SIGINT)  # a second signal changes nothing
-    previous, stopped_at = stopped_at, assert_stopped_with_a_checkpoint(started.finish(), "SIGINT", out)
-    assert stopped_at > previous
+    def twice(run):
+        run.signal_group(signal.SIGINT)
+        run.signal_group(signal.SIGINT)  # a second signal changes nothing
+
+    stopped_at = stop_once_training(resume, out, stopped_at, twice, "SIGINT")
 
     sigkill_once_training(Started(yacs_command(out, 2, "--resume"), out), stopped_at)
     run_to_the_end(yacs_command(out, 2, "--resume"))
@@ -113,10 +104,7 @@ def test_a_lazy_config_run_stopped_then_killed_resumes_to_the_uninterrupted_end(
     --resume. Every start resolves the same schedule and prints the same line."""
     reference, reference_run = uninterrupted("lazy", 2)
     out = tmp_path / "run"
-    started = Started(lazy_command(out, 2), out)
-    started.wait_for_checkpoint_after(-1)
-    started.signal_group(signal.SIGTERM)
-    stopped_at = assert_stopped_with_a_checkpoint(started.finish(), "SIGTERM", out)
+    stopped_at = stop_once_training(lazy_command(out, 2), out, -1, lambda run: run.signal_group(signal.SIGTERM), "SIGTERM")
     sigkill_once_training(Started(lazy_command(out, 2, "--resume"), out), stopped_at)
     resumed = run_to_the_end(lazy_command(out, 2, "--resume"))
     line = (
@@ -318,3 +306,56 @@ def test_submitit_preempts_and_requeues_a_real_job_which_resumes_to_the_uninterr
     assert "Requeued job" in log and "train_net.py: stopped by SIGTERM after iteration" in log
     assert "Starting training from iteration 0" in log and "Starting training from iteration" in log.split("Requeued job")[1]
     assert_same_end(out, reference)
+
+
+def test_on_slurm_each_node_starts_train_net_with_its_rank_and_the_first_nodes_address(monkeypatch):
+    """The command of a job's task, in the environment SLURM gives the task of node 1 of a 2-node job."""
+    from efl.engine.cluster import TRAIN_NET, TrainingJob
+
+    for name, value in {
+        "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NODEID": "1", "SLURM_PROCID": "1", "SLURM_LOCALID": "0", "SLURM_JOB_NODELIST": "gpu[07-08]",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    import submitit
+
+    environment = submitit.JobEnvironment()
+    command = TrainingJob(["--config-file", "c.yaml", "SOLVER.IMS_PER_BATCH", "16"], 8).command(environment)
+    port = command[command.index("--dist-url") + 1].rsplit(":", 1)[1]
+    assert command[1:] == [
+        TRAIN_NET, "--resume", "--num-gpus", "8", "--num-machines", "2", "--machine-rank", "1",
+        "--dist-url", f"tcp://gpu07:{port}", "--config-file", "c.yaml", "SOLVER.IMS_PER_BATCH", "16",
+    ]  # fmt: skip
+    monkeypatch.setenv("SLURM_NODEID", "0")
+    assert TrainingJob([], 8).command(submitit.JobEnvironment())[-1] == f"tcp://gpu07:{port}"  # the same address
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (["--num-gpus", "2"], "the job sets --num-gpus itself: leave them out"),
+        (["--nodes", "2", "--cluster", "local"], "the local executor runs one node"),
+        (["MODEL.EFL.SCAEL", "4"], "unknown config key MODEL.EFL.SCAEL"),
+    ],
+)
+def test_submit_refuses_mistakes_before_submitting(arguments, message, tmp_path):
+    import submit
+
+    with pytest.raises(SystemExit) as stop:
+        submit.main(["--cluster", "local", "--config-file", str(DEMO_CONFIG), *SMALL_OPTS, "OUTPUT_DIR", str(tmp_path), *arguments])
+    assert stop.value.code.startswith("submit.py: error: ") and message in stop.value.code
+    assert not (tmp_path / "submitit").exists()
+
+
+def test_submit_waits_for_a_failing_job_and_exits_with_its_message(trained_demo, tmp_path, monkeypatch):
+    """--wait: a job whose run fails (here: weights that cannot be read, found where the job loads them) ends
+    submit.py with one line and a failing status."""
+    import submit
+
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes((trained_demo[0] / "model_final.pth").read_bytes()[:1000])
+    arguments = ["--eval-only", *SMALL_OPTS, "MODEL.WEIGHTS", str(broken), "OUTPUT_DIR", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stop:
+        submit.main(["--cluster", "local", "--gpus-per-node", "1", "--wait", "--config-file", str(DEMO_CONFIG), *arguments])
+    assert stop.value.code.startswith("submit.py: job ") and "\n" not in stop.value.code
+    assert f"failed: train_net.py: error: cannot read {broken}" in stop.value.code and "_log.err)" in stop.value.code

@@ -83,10 +83,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[submitit.Job]:
         return job
     try:
         job.result()
-    except Exception as e:  # submitit's FailedJobError / UncompletedJobError, with the job's own message
-        sys.exit(f"submit.py: job {job.job_id} failed: {str(e).strip().splitlines()[-1]}")
+    except Exception as e:  # submitit's FailedJobError / UncompletedJobError, holding the job's traceback
+        sys.exit(f"submit.py: job {job.job_id} failed: {_reason(job, e)} (its output: {job.paths.stderr})")
     print(f"job {job.job_id} finished")
     return job
+
+
+def _reason(job: submitit.Job, error: Exception) -> str:
+    """train_net.py's own one-line message, from the job's output; else the last error of the job's traceback."""
+    said = [line for line in (job.stderr() or "").splitlines() if line.startswith("train_net.py: ")]
+    if said:
+        return said[-1]
+    errors = [line for line in str(error).splitlines() if "Error: " in line]
+    return errors[-1].strip() if errors else str(error).strip().splitlines()[0]
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ from detectron2.config import CfgNode
 from ..data import register_datasets
 from .checks import check
 from .defaults import add_efl_config
-from .lazy import LAZY_NAMES, LazyRecipe, load_lazy_config
-from .yacs import YACS_NAMES, YacsRecipe, build_evaluator, load_config
+from .lazy import LazyRecipe, load_lazy_config
+from .names import LAZY_NAMES, YACS_NAMES
+from .yacs import YacsRecipe, build_evaluator, load_config
 
 __all__ = [
     "LAZY_NAMES",

@@ -3,7 +3,7 @@ The LazyConfig front-end: a ``.py`` config (detectron2's LazyConfig: ``model``, 
 ``lr_multiplier``, ``train``, as in its model zoo's ``configs/common``), loaded with a one-line message for each
 mistake a user makes in the file or on the command line, checked for what only a LazyConfig can get wrong, and
 turned into the engine's :class:`~efl.engine.Recipe`. Messages name its settings as a LazyConfig writes them
-(:data:`LAZY_NAMES`).
+(efl.config.names).
 
 Overrides are detectron2's (``key=value``, Hydra's syntax), with one difference: detectron2 creates a key that the
 config does not have, so a misspelled one is silently ignored; here it is refused, with the closest keys. A key
@@ -51,11 +51,11 @@ from detectron2.utils.registry import locate
 from ..data.samplers import REPEAT_ROUNDINGS, RepeatFactorSampler
 from ..data.train_loader import LoaderCall
 from ..engine import EpochSchedule, Recipe, RunSettings, TestSet
-from ..errors import ConfigError, SettingNames
+from ..errors import ConfigError
 from ..modeling import EFLDetectorMixin
+from .names import LAZY_NAMES
 
 __all__ = [
-    "LAZY_NAMES",
     "OPTIONAL_KEYS",
     "LazyLRSchedule",
     "LazyRecipe",
@@ -351,25 +351,6 @@ def lazy_lr_schedule(cfg: DictConfig) -> LazyLRSchedule:
         warmup, inner, inner_key = multiplier, multiplier.get("scheduler"), "lr_multiplier.scheduler"
     multistep = inner if calls(inner, MultiStepParamScheduler) else None
     return LazyLRSchedule(warmup, "lr_multiplier", multistep, inner_key)
-
-
-LAZY_NAMES = SettingNames(
-    output_dir="train.output_dir",
-    weights="train.init_checkpoint",
-    allow_partial_weights="train.allow_partial_weights",
-    architecture="model._target_",
-    num_classes="model.num_classes",
-    device="train.device",
-    batch_size="dataloader.train.total_batch_size",
-    max_iter="train.max_iter",
-    max_epochs="train.max_epochs",
-    epoch_steps="train.epoch_steps",
-    warmup_epochs="train.warmup_epochs",
-    filter_empty="dataloader.train.dataset.filter_empty",
-    register="dataloader.register",
-    reset_statistics="train.reset_efl_statistics",
-    override_format="{key}={value}",
-)
 
 
 class LazyRecipe(Recipe):

@@ -1,7 +1,7 @@
 """
 The yacs front-end: a ``.yaml`` config (detectron2's CfgNode with :func:`add_efl_config`'s keys), loaded with a
 one-line message for each mistake, checked for what only a yacs config can get wrong, and turned into the
-engine's :class:`~efl.engine.Recipe`. Messages name its settings as yacs writes them (:data:`YACS_NAMES`).
+engine's :class:`~efl.engine.Recipe`. Messages name its settings as yacs writes them (efl.config.names).
 """
 import difflib
 import functools
@@ -30,32 +30,14 @@ from ..data.samplers import REPEAT_ROUNDINGS, RepeatFactorSampler
 from ..data.train_loader import LoaderCall
 from ..data.transforms import OpenCVResizeShortestEdge
 from ..engine import FULL_MODEL, EpochSchedule, Recipe, RunSettings, TestSet
-from ..errors import ConfigError, SettingNames
+from ..errors import ConfigError
 from ..evaluation import LVISEvaluator
 from ..losses import check_efl_hyperparameters
 from ..modeling import CLS_LOSSES, EFLDetectorMixin
 from .defaults import add_efl_config
+from .names import YACS_NAMES
 
-__all__ = ["YACS_NAMES", "EFLCfgNode", "YacsRecipe", "build_evaluator", "build_test_loader", "load_config"]
-
-YACS_NAMES = SettingNames(
-    output_dir="OUTPUT_DIR",
-    weights="MODEL.WEIGHTS",
-    allow_partial_weights="MODEL.ALLOW_PARTIAL_WEIGHTS",
-    architecture="MODEL.META_ARCHITECTURE",
-    num_classes="MODEL.RETINANET.NUM_CLASSES",
-    device="MODEL.DEVICE",
-    batch_size="SOLVER.IMS_PER_BATCH",
-    max_iter="SOLVER.MAX_ITER",
-    max_epochs="SOLVER.MAX_EPOCHS",
-    epoch_steps="SOLVER.EPOCH_STEPS",
-    warmup_epochs="SOLVER.WARMUP_EPOCHS",
-    filter_empty="DATALOADER.FILTER_EMPTY_ANNOTATIONS",
-    register="DATASETS.REGISTER",
-    reset_statistics="MODEL.EFL.RESET_STATISTICS",
-    override_format="{key} {value}",
-)
-
+__all__ = ["EFLCfgNode", "YacsRecipe", "build_evaluator", "build_test_loader", "load_config"]
 
 class EFLCfgNode(CN):
     """
