@@ -5,7 +5,7 @@
 # make test    set up, then run the test suite
 # make install create .venv (PyPI requirements, detectron2, this project in editable mode)
 # make bench-gpu  every GPU check (CUDA tests, loss and training-step benchmarks) in one report: needs a GPU
-# make gpu-bundle .gpu/: detectron2's sources and wheels, for a GPU machine without network (README)
+# make gpu-bundle .gpu/: detectron2's sources and wheels, for a GPU machine without network (docs/speed.md)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

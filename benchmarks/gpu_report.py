@@ -169,7 +169,7 @@ def main() -> int:
     if not args.dry_run and not torch.cuda.is_available():
         print(
             "gpu_report: no CUDA GPU here (torch.cuda.is_available() is False), so there is nothing to measure. "
-            "Run it on a machine with a GPU (README, 'Speed and memory'), or add --dry-run to test the script "
+            "Run it on a machine with a GPU (docs/speed.md), or add --dry-run to test the script "
             "on the CPU at tiny sizes.",
             file=sys.stderr,
         )

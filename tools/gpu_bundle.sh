@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the folder that a GPU machine without network access needs, beside its own Python 3.12, torch and triton,
-# to run benchmarks/gpu_report.py (README, "Speed and memory"):
+# to run benchmarks/gpu_report.py (docs/speed.md):
 #   DIR/site/     detectron2's Python sources (sal-detectron2==0.7.2 from PyPI; its compiled _C, for CPython
 #                 3.10 only, is removed: detectron2 falls back to its Python ops, all this project uses)
 #   DIR/wheels/   cp312 manylinux x86-64 wheels of what detectron2 and this project import and such an image

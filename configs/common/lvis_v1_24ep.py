@@ -4,7 +4,7 @@
 # As in that .yaml, the epochs are counted over the plain list: LVIS v1 train has 100,170 images, at batch 16 an
 # epoch is 6,260.6 iterations, so 24 epochs are 150,255 iterations with the learning rate divided by 10 after
 # epochs 16 (100,170) and 22 (137,734). The sampler is detectron2's repeat-factor sampling (stochastic rounding).
-# To count epochs over the enlarged list as the authors' code does (README, "Epochs as the authors count them"),
+# To count epochs over the enlarged list as the authors' code does (docs/reproduction.md, "Epochs as the authors count them"),
 # add: dataloader.train.sampler.rounding=ceil train.max_epochs=24 train.epoch_steps=[16,22] train.warmup_epochs=1
 # (the warm-up in epochs; without it there is none).
 import torch

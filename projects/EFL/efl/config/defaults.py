@@ -54,7 +54,7 @@ def add_efl_config(cfg: CN) -> None:
     cfg.INPUT.TEST_RESIZE_BACKEND = "pil"
 
     # Epoch-based schedules (efl/engine/schedule.py). An epoch is one pass over the training list as the sampler
-    # enlarges it; train_net.py resolves these into SOLVER.MAX_ITER, STEPS and WARMUP_ITERS when training starts.
+    # enlarges it; the engine resolves these into iterations (as MAX_ITER, STEPS, WARMUP_ITERS) when training starts.
     # the number of epochs; 0 keeps SOLVER.MAX_ITER, STEPS and WARMUP_ITERS as given
     cfg.SOLVER.MAX_EPOCHS = 0
     # the LR steps, in epochs (fractions allowed), with MAX_EPOCHS
@@ -70,7 +70,7 @@ def add_efl_config(cfg: CN) -> None:
     # statistics excepted), except ImageNet backbone files (detectron2's .pkl, matched by name heuristics).
     cfg.MODEL.ALLOW_PARTIAL_WEIGHTS = False
     # Datasets to register under any name, each (name, format, json_file, image_root) with format "lvis" or "coco":
-    # e.g. (("mine_train", "lvis", "/data/mine/train.json", "/data/mine/images"), ...). See README, "Your own data".
+    # e.g. (("mine_train", "lvis", "/data/mine/train.json", "/data/mine/images"), ...). See docs/datasets.md.
     cfg.DATASETS.REGISTER = ()
 
     cfg.register_renamed_key("MODEL.IMPROVED_BASELINE.CLS_LOSS", "MODEL.EFL.LOSS")

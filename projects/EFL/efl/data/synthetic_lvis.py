@@ -176,7 +176,7 @@ def family_image_counts(
 
 # Six families. A run of the demo sees about 8000 training images (4 epochs): a rare shade, in 1 to 5 of the 2000
 # images, is met 4 to 20 times, and is outweighed in every batch by background and look-alike negatives, as LVIS's
-# rare classes are (README, "The embedded demo", has the measurements behind these numbers).
+# rare classes are (docs/demo.md has the measurements behind these numbers).
 DEMO_SPEC = SyntheticLVISSpec(
     image_counts=family_image_counts(6, frequent=(375, 1000), common=(15, 60), rare=(1, 5), seed=0),
     num_train_images=2000,

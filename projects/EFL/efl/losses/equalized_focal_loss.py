@@ -13,7 +13,7 @@ j has received on its positive cells to the magnitude it has received on its neg
 training began. A class that sees few positives has a small g_j, hence a larger focusing factor (easy negatives
 are down-weighted harder) and a larger weight. With g = 1 everywhere, EFL is the sigmoid focal loss.
 
-This module needs torch only: any detector can use it (see the README, "EFL in your own detector").
+This module needs torch only: any detector can use it (see docs/own-detector.md).
 """
 import logging
 from typing import List, Optional, Sequence, Tuple, Union
