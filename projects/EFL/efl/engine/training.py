@@ -10,8 +10,8 @@ A run, in each process: register the datasets, detectron2's ``default_setup`` (l
   EFLCheckpointer (safe, fitting, atomic, resuming from a readable file), and the sampler continued where the
   checkpoint left it;
 - evaluation (``--eval-only``): the model, its weights loaded strictly and safely, every test set evaluated.
-A stop signal (SIGTERM, SIGUSR1, SIGINT) ends either with a checkpoint of the last completed iteration and nothing
-half-written (efl.engine.signals).
+A stop signal (SIGTERM, SIGUSR1, SIGINT) ends a training with a checkpoint of its last completed iteration, and an
+evaluation before it writes anything (efl.engine.signals).
 """
 import abc
 import logging
