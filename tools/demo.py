@@ -76,10 +76,15 @@ def datasets_of(run_dir: Path) -> Tuple[str, str]:
     return datasets["TRAIN"][0], datasets["TEST"][0]
 
 
-def train_and_evaluate(config: Path, output_dir: Path, device: str, overrides: Sequence[str]) -> Dict[str, float]:
-    """Train ``config`` with ``overrides`` into ``output_dir`` in a train_net.py process, and return its box metrics."""
+def train_and_evaluate(
+    config: Path, output_dir: Path, device: str, overrides: Sequence[str], flags: Sequence[str] = ()
+) -> Dict[str, float]:
+    """
+    Train ``config`` with ``overrides`` into ``output_dir`` in a train_net.py process (with train_net.py's
+    ``flags``: ``--eval-only`` evaluates instead), and return its box metrics.
+    """
     command = [
-        sys.executable, str(REPO / "train_net.py"), "--config-file", str(config),
+        sys.executable, str(REPO / "train_net.py"), *flags, "--config-file", str(config),
         "MODEL.DEVICE", device, "OUTPUT_DIR", str(output_dir), *overrides,
     ]  # fmt: skip
     print("+", " ".join(command), flush=True)

@@ -10,9 +10,13 @@ images).
     python tools/experiment.py                                  # RetinaNet: focal loss and EFL, seeds 42, 43, 44
     python tools/experiment.py --detector improved              # the improved baseline: focal loss, EFL and EQFL
     python tools/experiment.py --seeds 1 2 3 4 5 --device cpu SOLVER.MAX_ITER 400
+    # the trained runs of an experiment evaluated again, here with test scores sigmoid(cls) alone
+    python tools/experiment.py --detector improved --reevaluate output/experiment-improved \
+        --output-dir output/experiment-improved-cls-only MODEL.IMPROVED_BASELINE.IOU_BRANCH False
 
 Each run is ``train_net.py`` in its own process (see tools/demo.py); extra arguments are config overrides applied
-to every run.
+to every run. With --reevaluate, each run evaluates the final weights of the same seed and loss in that folder (an
+earlier experiment's --output-dir), and the statistics columns are those weights'.
 """
 import argparse
 import math
@@ -33,15 +37,26 @@ Results = Dict[int, Dict[str, Dict[str, float]]]
 
 
 def run_experiment(
-    arms: Dict[str, Path], seeds: Sequence[int], output_dir: Path, device: str, overrides: Sequence[str]
+    arms: Dict[str, Path],
+    seeds: Sequence[int],
+    output_dir: Path,
+    device: str,
+    overrides: Sequence[str],
+    trained_in: Optional[Path] = None,
 ) -> Results:
-    """Train and evaluate every arm (name -> config) for every seed, into output_dir/seed<seed>/<config name>."""
+    """
+    Train and evaluate every arm (name -> config) for every seed, into output_dir/seed<seed>/<config name>; with
+    ``trained_in``, evaluate the final weights of the same run there instead of training.
+    """
     results: Results = {}
     for seed in seeds:
         for arm, config in arms.items():
             run_dir = output_dir / f"seed{seed}" / config.stem
-            metrics = train_and_evaluate(config, run_dir, device, [*overrides, "SEED", str(seed)])
-            results.setdefault(seed, {})[arm] = {**metrics, **mechanism(run_dir)}
+            trained = run_dir if trained_in is None else trained_in / f"seed{seed}" / config.stem
+            flags = [] if trained_in is None else ["--eval-only"]
+            weights = [] if trained_in is None else ["MODEL.WEIGHTS", str(trained / "model_final.pth")]
+            metrics = train_and_evaluate(config, run_dir, device, [*overrides, "SEED", str(seed), *weights], flags)
+            results.setdefault(seed, {})[arm] = {**metrics, **mechanism(trained)}
     return results
 
 
@@ -88,6 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Results:
     parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--output-dir", type=Path, default=REPO / "output" / "experiment")
+    parser.add_argument("--reevaluate", type=Path, metavar="DIR", help="evaluate the runs trained in DIR instead")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="config overrides for every run")
     args = parser.parse_args(argv)
     available = RUNS[args.detector]
@@ -96,15 +112,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Results:
         parser.error(f"--arms: {', '.join(unknown)} not among {', '.join(available)} (the {args.detector} detector's)")
     arms = {name: config for name, config in available.items() if name == BASELINE or name in (args.arms or available)}
     device = resolve_device(args.device)
-    results = run_experiment(arms, args.seeds, args.output_dir, device, args.overrides)
+    results = run_experiment(arms, args.seeds, args.output_dir, device, args.overrides, args.reevaluate)
     test_set = datasets_of(args.output_dir / f"seed{args.seeds[0]}" / arms[BASELINE].stem)[1]
     overrides = f" Overrides: {' '.join(args.overrides)}." if args.overrides else ""
+    if args.reevaluate:
+        overrides = f" The runs trained in {args.reevaluate}, evaluated again.{overrides}"
     summary = (
         f"{args.detector}: {', '.join(arms)} over seeds {', '.join(map(str, args.seeds))}: synthetic long-tailed set, "
         f"{test_set} (box AP, LVIS evaluation), on {describe_device(device)}.{overrides} g and γ: mean g_j and gamma_j "
         f"of each frequency group at the end of training; Spearman: of g_j with the training images of each class."
         f"\n\n{render(results)}\n"
     )
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "results.md").write_text(summary)
     print("\n" + summary)
     return results
