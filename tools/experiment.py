@@ -14,8 +14,9 @@ images).
     python tools/experiment.py --detector improved --reevaluate output/experiment-improved \
         --output-dir output/experiment-improved-cls-only MODEL.IMPROVED_BASELINE.IOU_BRANCH False
 
-Each run is ``train_net.py`` in its own process (see tools/demo.py); extra arguments are config overrides applied
-to every run. With --reevaluate, each run evaluates the final weights of the same seed and loss in that folder (an
+Each run is ``train_net.py --resume`` in its own process (see tools/demo.py), with a checkpoint every 200 iterations:
+the same command started again after an interruption continues every run from its last checkpoint, exactly (the
+reliability guarantees in docs/guarantees.md). Extra arguments are config overrides applied to every run. With --reevaluate, each run evaluates the final weights of the same seed and loss in that folder (an
 earlier experiment's --output-dir), and the statistics columns are those weights'.
 """
 import argparse
@@ -31,6 +32,9 @@ BASELINE = "focal loss"
 STATISTICS = ("g_rare", "g_common", "g_frequent", "gamma_rare", "gamma_common", "gamma_frequent", "spearman")
 STATISTIC_HEADERS = ("g rare", "g common", "g frequent", "γ rare", "γ common", "γ frequent", "Spearman")
 DEFAULT_SEEDS = (42, 43, 44)
+# Runs resume (train_net.py --resume) from their last checkpoint, so that an experiment stopped for any reason
+# continues where it stopped when started again: a finished run is only evaluated again.
+CHECKPOINT_PERIOD = 200
 
 # results[seed][arm]: the run's box metrics and its STATISTICS
 Results = Dict[int, Dict[str, Dict[str, float]]]
@@ -53,9 +57,11 @@ def run_experiment(
         for arm, config in arms.items():
             run_dir = output_dir / f"seed{seed}" / config.stem
             trained = run_dir if trained_in is None else trained_in / f"seed{seed}" / config.stem
-            flags = [] if trained_in is None else ["--eval-only"]
-            weights = [] if trained_in is None else ["MODEL.WEIGHTS", str(trained / "model_final.pth")]
-            metrics = train_and_evaluate(config, run_dir, device, [*overrides, "SEED", str(seed), *weights], flags)
+            if trained_in is None:
+                flags, settings = ["--resume"], ["SOLVER.CHECKPOINT_PERIOD", str(CHECKPOINT_PERIOD), *overrides]
+            else:
+                flags, settings = ["--eval-only"], [*overrides, "MODEL.WEIGHTS", str(trained / "model_final.pth")]
+            metrics = train_and_evaluate(config, run_dir, device, [*settings, "SEED", str(seed)], flags)
             results.setdefault(seed, {})[arm] = {**metrics, **mechanism(trained)}
     return results
 
