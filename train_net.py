@@ -23,6 +23,9 @@ from efl.errors import ConfigError
 
 def argument_parser():
     parser = default_argument_parser()
+    # detectron2's default is one port per user, so two runs on one machine (each locks only its output directory)
+    # would meet on it; "auto" takes a free port. Runs on several machines give theirs.
+    parser.set_defaults(dist_url="auto")
     parser.add_argument(
         "--trust-pickle",
         action="store_true",

@@ -1,10 +1,14 @@
 """Shared test set-up: a per-session cache for the synthetic datasets, and small configs of the demo model."""
+import fcntl
+import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -20,6 +24,41 @@ sys.path.insert(0, str(REPO / "tools"))
 _OWN_CACHE = "EFL_TEST_SESSION" not in os.environ
 if _OWN_CACHE:
     os.environ["EFL_CACHE_DIR"] = os.environ["EFL_TEST_SESSION"] = tempfile.mkdtemp(prefix="efl_test_cache_")
+
+
+# make test runs the suite in 2 pytest-xdist workers, one per core. Each worker, and each process its tests start
+# (they inherit the variable), computes in one thread: two workers of two OpenMP threads each on two cores spin-wait
+# for each other and run several times slower than one thread each. Set before torch is imported.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+# make test's pytest-xdist workers take whole modules (--dist loadscope: a module's fixtures serve all its tests);
+# the modules of the longest runs go first, so that the two workers finish together.
+LONGEST_FIRST = (
+    "test_preemption", "test_preemption_gloo", "test_submit", "test_preemption_lazy", "test_tools", "test_lazy_config",
+    "test_export", "test_gpu_report", "test_kernels", "test_distributed", "test_full_disk",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))
+
+
+def shared_run(name: str, produce: Callable[[Path], subprocess.CompletedProcess]):
+    """
+    A run that the whole test session shares, in every pytest-xdist worker: ``produce(folder)`` run once, by the
+    first worker that asks (the others wait for it, and reuse its folder). Returns (folder, the finished process).
+    """
+    root = Path(os.environ["EFL_TEST_SESSION"])
+    record = root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            run = produce(root / name)
+            record.write_text(json.dumps([list(map(str, run.args)), run.returncode, run.stdout, run.stderr]))
+    return root / name, subprocess.CompletedProcess(*json.loads(record.read_text()))
 
 
 def pytest_unconfigure(config):
@@ -68,8 +107,6 @@ def small_recipe(*opts, config=DEMO_CONFIG):
 
 def train_net(*args, env=None, timeout=600):
     """train_net.py with ``args`` in a process of its own, as a user runs it."""
-    import subprocess
-
     return subprocess.run(
         [sys.executable, str(REPO / "train_net.py"), *map(str, args)],
         cwd=REPO,
@@ -131,11 +168,13 @@ def stops_before_any_process(*args) -> str:
 
 
 @pytest.fixture(scope="session")
-def trained_demo(tmp_path_factory):
+def trained_demo():
     """A real train_net.py run of the test-size demo model: 4 iterations, then LVIS evaluation. Its OUTPUT_DIR
-    (model_final.pth, metrics.json, inference/) and the finished process."""
-    out = tmp_path_factory.mktemp("trained_demo")
-    run = train_net("--config-file", DEMO_CONFIG, *SMALL_OPTS, "SOLVER.MAX_ITER", 4, "OUTPUT_DIR", out)
+    (model_final.pth, metrics.json, inference/: read only, shared) and the finished process."""
+    def train(out):
+        return train_net("--config-file", DEMO_CONFIG, *SMALL_OPTS, "SOLVER.MAX_ITER", 4, "OUTPUT_DIR", out)
+
+    out, run = shared_run("trained_demo", train)
     assert run.returncode == 0, run.stderr[-3000:]
     return out, run
 
@@ -150,27 +189,27 @@ def _propagating_loggers():
 
 
 @pytest.fixture(scope="session")
-def uninterrupted(tmp_path_factory):
+def uninterrupted():
     """
-    ``uninterrupted(system, num_processes)``: the output directory of a finished, uninterrupted run of
-    interruptions.py's deterministic settings ("yacs" or "lazy"), run once per session. The 2-process yacs run is
-    tests/dist_worker.py's: train_net.py's training with a hook that checks the EFL statistics on both ranks after
-    every iteration (test_distributed.py reads its reports).
+    ``uninterrupted(system, num_processes)``: the output directory (read only, shared) of a finished,
+    uninterrupted run of interruptions.py's deterministic settings ("yacs" or "lazy"), run once per session. The
+    2-process yacs run is tests/dist_worker.py's: train_net.py's training with a hook that checks the EFL
+    statistics on both ranks after every iteration (test_distributed.py reads its reports).
     """
     import interruptions
 
-    done = {}
+    def command(system: str, num_processes: int, out: Path):
+        if system == "lazy":
+            return interruptions.lazy_command(out, num_processes)
+        command = interruptions.yacs_command(out, num_processes)
+        if num_processes > 1:
+            command[1] = str(REPO / "tests" / "dist_worker.py")
+        return command
 
     def run(system: str, num_processes: int):
-        if (system, num_processes) not in done:
-            out = tmp_path_factory.mktemp(f"uninterrupted_{system}_{num_processes}")
-            if system == "lazy":
-                command = interruptions.lazy_command(out, num_processes)
-            else:
-                command = interruptions.yacs_command(out, num_processes)
-                if num_processes > 1:
-                    command[1] = str(REPO / "tests" / "dist_worker.py")
-            done[(system, num_processes)] = (out, interruptions.run_to_the_end(command))
-        return done[(system, num_processes)]
+        return shared_run(
+            f"uninterrupted_{system}_{num_processes}",
+            lambda out: interruptions.run_to_the_end(command(system, num_processes, out)),
+        )
 
     return run

@@ -1,7 +1,7 @@
 """
 Real train_net.py runs that the tests interrupt as schedulers and users do (signals to the process group, to the
 launching process only, to one worker only; SIGKILL), and how they compare with uninterrupted ones. Used by
-test_resume.py and test_preemption.py; the uninterrupted runs are conftest.py's session fixtures.
+test_resume.py and the test_preemption*.py files; the uninterrupted runs are conftest.py's session fixtures.
 """
 import os
 import re
@@ -21,6 +21,7 @@ from conftest import DEMO_CONFIG, REPO, SMALL_OPTS
 DETERMINISTIC = [
     "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.STEPS", "(1000,)", "SOLVER.WARMUP_ITERS", "0",
     "INPUT.RANDOM_FLIP", "none", "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "10",
+    "SOLVER.IMS_PER_BATCH", "2",
 ]  # fmt: skip
 # The official rounding: with threshold 0.3 the test set's 120 images enlarge to 189 (each repeated ceil(r) times,
 # 1 to 5), so a run stopped after its first checkpoints stops in the middle of the first enlarged epoch.

@@ -94,7 +94,7 @@ def test_degenerate_boxes_are_dropped_before_the_loss():
 @pytest.mark.parametrize("rounding", [None, "stochastic", "ceil"])
 def test_resumable_sampler_skips_exactly_what_was_consumed(rounding):
     """The stream a resumed run reads, for detectron2's TrainingSampler and both repeat-factor roundings (the
-    killed-and-resumed runs of test_resume.py and test_preemption.py end bit-identical on top of this)."""
+    killed-and-resumed runs of test_resume.py and test_preemption*.py end bit-identical on top of this)."""
     if rounding is None:
         _, sampler = build_resumable_train_loader(small_recipe("INPUT.RANDOM_FLIP", "none").train_loader(), 8)
     else:

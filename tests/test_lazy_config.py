@@ -11,7 +11,6 @@ from omegaconf import ListConfig, OmegaConf
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler, build_optimizer
-from detectron2.utils.events import EventStorage
 
 from conftest import REPO, load_train_net, stops_before_any_process, train_net
 from efl import EFLFCOS, EFLRetinaNet, add_efl_config, check, lvis_frequency_groups

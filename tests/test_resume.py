@@ -1,6 +1,6 @@
 """
 Checkpoints are written safely, resuming passes over a checkpoint that cannot be read, and an error found only where
-the worker processes read the checkpoints stops in one line. (Runs killed with SIGKILL and resumed: test_preemption.py.)
+the worker processes read the checkpoints stops in one line. (Runs killed with SIGKILL and resumed: test_preemption*.py.)
 """
 import logging
 import os

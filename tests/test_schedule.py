@@ -15,8 +15,8 @@ from collections import Counter
 import pytest
 import torch
 
-from detectron2.config import get_cfg, instantiate
-from detectron2.data import DatasetCatalog, get_detection_dataset_dicts
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
 from detectron2.data.datasets.lvis import load_lvis_json
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 

@@ -11,12 +11,16 @@ import torch
 import yaml
 from PIL import Image
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
 import demo
 import experiment
+import gradient_shares
 import make_tables
 import plot_efl_stats
 import predict
 from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, small_cfg
+from efl import ConfigError
 
 
 def fake_run(root, name, ap, apr, apc, apf, dataset="lvis_v1_val"):
@@ -112,8 +116,6 @@ def predict_args(weights, *args):
 
 
 def test_predict_draws_an_image_and_a_folder(untrained_weights, tmp_path):
-    from detectron2.data import DatasetCatalog
-
     images = [r["file_name"] for r in DatasetCatalog.get("efl_synth_test_val")[:2]]
     folder = tmp_path / "folder"
     folder.mkdir()
@@ -164,6 +166,71 @@ def test_predict_reports_a_missing_input_in_one_line_with_a_failing_status(untra
     assert stop.value.code == "predict.py: error: input not found: nope.jpg"  # printed to stderr, exit status 1
 
 
+@pytest.fixture
+def named_set(tmp_path):
+    """
+    A COCO-format set of 2 images registered by name, whose category ids (73, 5, 12) are listed out of order and
+    whose only annotation names a category it lacks: loading it would stop, reading its class names must not.
+    """
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (120, 90), (40, 200, 90)).save(tmp_path / name)
+    data = {
+        "categories": [{"id": 73, "name": "zebra"}, {"id": 5, "name": "apple"}, {"id": 12, "name": "kiwi"}],
+        "images": [{"id": i, "file_name": n, "height": 90, "width": 120} for i, n in enumerate(("a.png", "b.png"))],
+        "annotations": [{"id": 1, "image_id": 0, "category_id": 99, "bbox": [1, 1, 5, 5]}],
+    }
+    (tmp_path / "set.json").write_text(json.dumps(data))
+    yield "predict_named_val", tmp_path
+    for catalog in (DatasetCatalog, MetadataCatalog):
+        if "predict_named_val" in catalog.list():
+            catalog.remove("predict_named_val")
+
+
+def test_predict_names_the_classes_of_a_registered_set_without_loading_it(named_set, monkeypatch, tmp_path):
+    from detectron2.modeling import build_model
+
+    name, root = named_set
+    register = f"(('{name}', 'coco', '{root / 'set.json'}', '{root}'),)"
+    opts = ["MODEL.RETINANET.NUM_CLASSES", "3", "DATASETS.REGISTER", register, "DATASETS.TEST", f"('{name}',)"]
+    torch.save({"model": build_model(small_cfg(*opts)).state_dict()}, tmp_path / "model.pth")
+    drawn = []  # (the class names in the Visualizer's metadata, the labels it draws)
+
+    class RecordingVisualizer(predict.Visualizer):
+        def overlay_instances(self, *, labels=None, **kwargs):
+            drawn.append((self.metadata.thing_classes, labels))
+            return super().overlay_instances(labels=labels, **kwargs)
+
+    monkeypatch.setattr(predict, "Visualizer", RecordingVisualizer)
+    args = predict_args(tmp_path / "model.pth", *opts, "--input", str(root / "a.png"), "--confidence", "0")
+    predict.main([*args, "--output", str(tmp_path / "out"), "--json", str(tmp_path / "detections.json")])
+    (record,) = json.loads((tmp_path / "detections.json").read_text())
+    assert record["file"] == str(root / "a.png") and len(record["boxes"]) == len(record["scores"]) > 0
+    assert record["names"] == [["apple", "kiwi", "zebra"][c] for c in record["classes"]]
+    ((thing_classes, labels),) = drawn
+    assert thing_classes == ["apple", "kiwi", "zebra"]
+    assert [label.rsplit(" ", 1)[0] for label in labels] == record["names"]  # labels are "<name> <score>%"
+    assert "thing_dataset_id_to_contiguous_id" not in MetadataCatalog.get(name).as_dict()  # set by loading it
+
+
+def test_class_names_read_the_categories_alone_wherever_they_are(tmp_path):
+    from efl.data import class_names, register_dataset
+
+    categories = [{"id": 3, "name": "pear"}, {"id": 1, "name": "fig"}]
+    images = [{"id": i, "file_name": f'"categories": [{i}].png', "height": 8, "width": 8} for i in range(3000)]
+    files = {"first": {"categories": categories, "images": images}, "last": {"images": images, "categories": categories}}
+    for order, data in files.items():
+        (tmp_path / f"{order}.json").write_text(json.dumps({**data, "annotations": "not read"}))
+        register_dataset(f"names_{order}", "lvis", str(tmp_path / f"{order}.json"), str(tmp_path))
+        try:
+            assert class_names(f"names_{order}") == ["fig", "pear"]
+        finally:
+            DatasetCatalog.remove(f"names_{order}")
+            MetadataCatalog.remove(f"names_{order}")
+    assert class_names("efl_synth_test_val")[:2] == ["red_circle", "light_red_circle"]  # set at registration
+    with pytest.raises(ConfigError, match="dataset 'nope' is not registered"):
+        class_names("nope")
+
+
 @pytest.fixture(scope="module")
 def experiment_runs(tmp_path_factory):
     """tools/experiment.py on the test set: one seed of focal loss and EFL, 2 iterations each."""
@@ -194,7 +261,9 @@ def test_experiment_trains_each_loss_with_the_seed_and_tabulates_them(experiment
 def test_experiment_of_the_improved_baseline_has_a_difference_row_for_each_loss(monkeypatch, tmp_path):
     trained = []
 
-    def fake_training(config, run_dir, device, overrides):
+    def fake_training(config, run_dir, device, overrides, flags=()):
+        # every run resumes from its checkpoints, so that the same command continues an interrupted experiment
+        assert flags == ["--resume"] and overrides[:2] == ["SOLVER.CHECKPOINT_PERIOD", "200"]
         trained.append((config.stem, overrides[-1]))
         return {"AP": 1.0, "APr": 2.0, "APc": 3.0, "APf": 4.0}
 
@@ -209,6 +278,30 @@ def test_experiment_of_the_improved_baseline_has_a_difference_row_for_each_loss(
     assert "| mean ± std | EQFL - focal loss | +0.0 ± 0.0 |" in text and "Overrides: X 1." in text
     with pytest.raises(SystemExit):
         experiment.main(["--detector", "retinanet", "--arms", "EQFL"])
+
+
+def test_experiment_reevaluates_the_runs_of_an_earlier_one(monkeypatch, tmp_path):
+    """--reevaluate DIR: each run evaluates (--eval-only) the final weights of the same seed and loss in DIR, and
+    its statistics are those weights'."""
+    evaluated, read = [], []
+
+    def fake_evaluation(config, run_dir, device, overrides, flags=()):
+        evaluated.append((config.stem, run_dir, list(overrides), list(flags)))
+        return {"AP": 1.0, "APr": 2.0, "APc": 3.0, "APf": 4.0}
+
+    monkeypatch.setattr(experiment, "train_and_evaluate", fake_evaluation)
+    monkeypatch.setattr(experiment, "mechanism", lambda run_dir: read.append(run_dir) or dict.fromkeys(experiment.STATISTICS, 0.5))
+    monkeypatch.setattr(experiment, "datasets_of", lambda run_dir: ("efl_synth_lt_train", "efl_synth_lt_val"))
+    trained = tmp_path / "trained"
+    experiment.main(["--detector", "improved", "--arms", "EFL", "--seeds", "3", "--output-dir", str(tmp_path / "again"),
+                     "--reevaluate", str(trained), "MODEL.IMPROVED_BASELINE.IOU_BRANCH", "False"])  # fmt: skip
+    for (stem, run_dir, overrides, flags), source in zip(evaluated, read):
+        assert run_dir == tmp_path / "again" / "seed3" / stem and flags == ["--eval-only"]
+        assert overrides == ["MODEL.IMPROVED_BASELINE.IOU_BRANCH", "False",
+                             "MODEL.WEIGHTS", str(trained / "seed3" / stem / "model_final.pth"), "SEED", "3"]  # fmt: skip
+        assert source == trained / "seed3" / stem
+    assert [e[0] for e in evaluated] == ["improved_R_18_demo_focal", "improved_R_18_demo_efl"]
+    assert f"The runs trained in {trained}, evaluated again." in (tmp_path / "again" / "results.md").read_text()
 
 
 def test_experiment_table_gives_mean_and_std_over_seeds_and_of_the_paired_difference():
@@ -241,3 +334,47 @@ def test_demo_figures_of_two_runs(experiment_runs, tmp_path):
     # ground truth, focal loss, EFL: 3 rows of 2 images
     width, height = Image.open(tmp_path / "rare.png").size
     assert height > width
+
+
+def fake_statistics_run(run_dir, checkpoints):
+    """A run of the 8-class test set (frequent 0, 3; common 1, 5, 6; rare 2, 4, 7) trained with EFL (gamma_b 2,
+    s 8) for 4 iterations: {file name: (pos_grad, neg_grad, pos_neg)}."""
+    run_dir.mkdir(parents=True)
+    config = {
+        "DATASETS": {"TRAIN": ["efl_synth_test_train"], "TEST": ["efl_synth_test_val"]},
+        "SOLVER": {"MAX_ITER": 4},
+        "MODEL": {"EFL": {"LOSS": "efl", "GAMMA_B": 2.0, "SCALE": 8.0}},
+    }
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    for name, (pos, neg, g) in checkpoints.items():
+        buffers = {"pos_grad": pos, "neg_grad": neg, "pos_neg": g}
+        torch.save({"model": {f"cls_loss.{k}": torch.tensor(v) for k, v in buffers.items()}}, run_dir / name)
+
+
+def test_gradient_shares_by_group_over_the_intervals_every_seed_has(tmp_path):
+    frequent, common, rare = [0, 3], [1, 5, 6], [2, 4, 7]
+
+    def grads(values):  # per group -> per class
+        out = [0.0] * 8
+        for members, value in zip((frequent, common, rare), values):
+            for c in members:
+                out[c] = value / len(members)
+        return out
+
+    half = [0.5] * 8
+    # seed 1: by iteration 2, frequent 6, common 3, rare 1 (|grad| of positives 3, 1, 0.5 of them); by 4, twice that
+    first = (grads([3, 1, 0.5]), grads([3, 2, 0.5]), half)
+    final = (grads([6, 2, 1]), grads([6, 4, 1]), [1.0] * 8)
+    fake_statistics_run(tmp_path / "seed1" / "improved_R_18_demo_efl", {"model_0000001.pth": first, "model_final.pth": final})
+    # seed 2: the same, and a checkpoint at iteration 1 that seed 1 lacks, which the table passes over
+    fake_statistics_run(
+        tmp_path / "seed2" / "improved_R_18_demo_efl",
+        {"model_0000000.pth": (grads([1, 1, 1]), grads([1, 1, 1]), half), "model_0000001.pth": first, "model_final.pth": final},
+    )
+    text = gradient_shares.main([str(tmp_path), "--detector", "improved"])
+    assert text.startswith("EFL (seeds 1, 2):")
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| 0-2") or line.startswith("| 2-4")]
+    # columns: share rare, common, frequent %; positive rare, common, frequent %; weight rare, common, frequent
+    expected = ["10.0", "30.0", "60.0", "50.0", "33.3", "50.0", "3.00", "3.00", "3.00"]
+    assert [cell.strip(" |") for cell in rows[0][1:]] == expected
+    assert [cell.strip(" |") for cell in rows[1][1:]] == expected[:6] + ["1.00", "1.00", "1.00"]

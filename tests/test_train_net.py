@@ -123,48 +123,75 @@ def test_ints_are_accepted_for_float_keys_in_files_and_on_the_command_line(tmp_p
     assert (cfg.MODEL.EFL.SCALE, cfg.MODEL.EFL.GAMMA_B) == (4.0, 1.0) and type(cfg.MODEL.EFL.SCALE) is float
 
 
-# ----- bad input found by real runs: the message reaches the command line as one line, without a traceback
+@pytest.fixture
+def lvis_in(tmp_path):
+    """detectron2's LVIS v1 sets registered under ``tmp_path`` as $DETECTRON2_DATASETS (detectron2 registers them from
+    the variable when it is imported); registered as before afterwards."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets.lvis import get_lvis_instances_meta, register_lvis_instances
+
+    names = ("lvis_v1_train", "lvis_v1_val")
+    saved = {name: (DatasetCatalog[name], MetadataCatalog.get(name).as_dict()) for name in names}
+
+    def reregister(root):
+        for name in names:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        for name, split, folder in (("lvis_v1_train", "train", "train2017"), ("lvis_v1_val", "val", "val2017")):
+            register_lvis_instances(
+                name, get_lvis_instances_meta("lvis_v1"), f"{root}/lvis/lvis_v1_{split}.json", f"{root}/coco/"
+            )
+
+    reregister(tmp_path)
+    yield tmp_path
+    for name, (loader, metadata) in saved.items():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+        DatasetCatalog.register(name, loader)
+        MetadataCatalog.get(name).set(**{k: v for k, v in metadata.items() if k != "name"})
 
 
-def test_missing_lvis_data_says_where_to_put_it(tmp_path):
-    run = train_net("--config-file", LVIS_CONFIG, "MODEL.DEVICE", "cpu", env={"DETECTRON2_DATASETS": str(tmp_path)})
-    assert_stops_with(
-        run,
-        f"{tmp_path}/lvis/lvis_v1_train.json",
-        "lvis/lvis_v1_{train,val}.json",
-        "coco/{train2017,val2017}",
-    )
+def test_missing_lvis_data_says_where_to_put_it(lvis_in, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(lvis_in))
+    message = stops_before_any_process("--config-file", LVIS_CONFIG, "MODEL.DEVICE", "cpu")
+    for fragment in (f"{lvis_in}/lvis/lvis_v1_train.json", "lvis/lvis_v1_{train,val}.json", "coco/{train2017,val2017}"):
+        assert fragment in message
 
 
-def test_missing_lvis_images_are_reported_when_the_annotations_are_there(tmp_path):
-    (tmp_path / "lvis").mkdir()
+def test_missing_lvis_images_are_reported_when_the_annotations_are_there(lvis_in):
+    (lvis_in / "lvis").mkdir()
     for split in ("train", "val"):
-        (tmp_path / "lvis" / f"lvis_v1_{split}.json").write_text("{}")
-    (tmp_path / "coco" / "train2017").mkdir(parents=True)
-    run = train_net("--config-file", LVIS_CONFIG, "MODEL.DEVICE", "cpu", env={"DETECTRON2_DATASETS": str(tmp_path)})
-    assert_stops_with(run, f"{tmp_path}/coco/val2017")
-    assert "lvis_v1_train.json" not in run.stderr.split("missing")[1].split(".")[0]
+        (lvis_in / "lvis" / f"lvis_v1_{split}.json").write_text("{}")
+    (lvis_in / "coco" / "train2017").mkdir(parents=True)
+    message = stops_before_any_process("--config-file", LVIS_CONFIG, "MODEL.DEVICE", "cpu")
+    assert f"{lvis_in}/coco/val2017" in message and "lvis_v1_train.json" not in message.split("missing")[1]
+
+
+def test_malformed_builtin_lvis_json_is_named_from_inside_the_run(lvis_in):
+    """detectron2's own LVIS file is read only where the run trains (efl.engine.run, here in this process); its
+    JSON error still names the file (train_net.py prints it as one line, as the corrupt weights below show)."""
+    from efl import ConfigError, load
+
+    (lvis_in / "lvis").mkdir()
+    (lvis_in / "lvis" / "lvis_v1_train.json").write_text('{"images": [')
+    for folder in ("train2017", "val2017"):
+        (lvis_in / "coco" / folder).mkdir(parents=True)
+    opts = [
+        *SMALL_OPTS, "MODEL.RETINANET.NUM_CLASSES", "1203", "DATASETS.TRAIN", "('lvis_v1_train',)", "DATASETS.TEST",
+        "()", "OUTPUT_DIR", str(lvis_in / "out"),
+    ]  # fmt: skip
+    args = Namespace(eval_only=False, resume=False, trust_pickle=False, config_file=str(DEMO_CONFIG), opts=opts)
+    with pytest.raises(ConfigError, match=f"dataset file {lvis_in}/lvis/lvis_v1_train.json .'lvis_v1_train'. is not valid JSON"):
+        run(args, load(str(DEMO_CONFIG), opts))
+
+
+# ----- bad input found where the run loads it: the message reaches the command line as one line, without a traceback
 
 
 def test_corrupt_weights_stop_in_one_line_without_torch_advice(tmp_path):
-    """Found where the run loads them, after the checks: still one line."""
     weights = tmp_path / "model_final.pth"
     torch.save({"model": {"w": torch.zeros(1000)}}, weights)
     weights.write_bytes(weights.read_bytes()[:300])
     run = train_net("--config-file", DEMO_CONFIG, "--eval-only", *SMALL_OPTS, "MODEL.WEIGHTS", weights)
     assert_stops_with(run, f"cannot read {weights}", "truncated")
     assert "weights_only" not in run.stderr
-
-
-def test_malformed_builtin_lvis_json_is_named_from_inside_the_run(tmp_path):
-    """detectron2's own LVIS file is read only by the training process; its JSON error still names the file."""
-    (tmp_path / "lvis").mkdir()
-    (tmp_path / "lvis" / "lvis_v1_train.json").write_text('{"images": [')
-    for folder in ("train2017", "val2017"):
-        (tmp_path / "coco" / folder).mkdir(parents=True)
-    run = train_net(
-        "--config-file", DEMO_CONFIG, *SMALL_OPTS, "MODEL.RETINANET.NUM_CLASSES", "1203",
-        "DATASETS.TRAIN", "('lvis_v1_train',)", "DATASETS.TEST", "()", "OUTPUT_DIR", tmp_path / "out",
-        env={"DETECTRON2_DATASETS": str(tmp_path)},
-    )  # fmt: skip
-    assert_stops_with(run, f"dataset file {tmp_path}/lvis/lvis_v1_train.json ('lvis_v1_train') is not valid JSON")

@@ -16,8 +16,9 @@ images).
 
 Each run is ``train_net.py --resume`` in its own process (see tools/demo.py), with a checkpoint every 200 iterations:
 the same command started again after an interruption continues every run from its last checkpoint, exactly (the
-reliability guarantees in docs/guarantees.md). Extra arguments are config overrides applied to every run. With --reevaluate, each run evaluates the final weights of the same seed and loss in that folder (an
-earlier experiment's --output-dir), and the statistics columns are those weights'.
+reliability guarantees in docs/guarantees.md). Extra arguments are config overrides applied to every run. With
+--reevaluate, each run evaluates the final weights of the same seed and loss in that folder (an earlier experiment's
+--output-dir), and the statistics columns are those weights'.
 """
 import argparse
 import math

@@ -15,11 +15,14 @@ detectron2's ``register_lvis_instances`` only knows the metadata of LVIS's own n
 needs a polygon for every box and each image's folder in a ``coco_url``; this loader needs boxes only, and takes
 each image from ``file_name`` (relative to the image root) or, as LVIS v1 does, from ``coco_url``.
 """
+import codecs
 import contextlib
 import functools
 import json
 import logging
+import mmap
 import os
+import re
 from collections import defaultdict
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -31,6 +34,7 @@ from ..errors import ConfigError
 __all__ = [
     "DATASET_FORMATS",
     "check_registered_dataset",
+    "class_names",
     "load_detection_json",
     "naming_malformed_dataset_files",
     "register_dataset",
@@ -154,6 +158,64 @@ def load_detection_json(json_file: str, image_root: str, dataset_format: str, da
         class_image_count=_class_image_count(data["categories"], dataset, id_map),
     )
     return dataset
+
+
+def class_names(dataset_name: str) -> List[str]:
+    """
+    The class names of a registered dataset in contiguous-id order, without loading its annotations: those its
+    registration put in the metadata (detectron2's built-in sets such as LVIS, the synthetic sets), else, for a set
+    registered by :func:`register_dataset`, those of its file's "categories", ordered by id as loading it orders
+    them.
+
+    Raises:
+        ConfigError: for a dataset that is not registered, one whose classes are known only once it is loaded, and
+            a file whose categories cannot be read.
+    """
+    if dataset_name not in DatasetCatalog.list():
+        raise ConfigError(f"dataset '{dataset_name}' is not registered")
+    names = MetadataCatalog.get(dataset_name).get("thing_classes", None)
+    if names is not None:
+        return list(names)
+    source = registered_source(dataset_name)
+    if source is None:
+        raise ConfigError(
+            f"dataset '{dataset_name}' has no class names before it is loaded: register it with the config "
+            "(DATASETS.REGISTER, dataloader.register) or set thing_classes in its metadata"
+        )
+    json_file = source[1]
+    return _categories(_read_categories(json_file), json_file)[1]
+
+
+def _read_categories(json_file: str) -> List:
+    """
+    The "categories" array of a dataset file: the array after its first "categories" key, decoded alone (LVIS's
+    training file is over a gigabyte, its categories a few hundred kilobytes at its end); the whole file when that
+    fails.
+    """
+    try:
+        with open(json_file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            for key in re.finditer(rb'"categories"\s*:\s*\[', data):
+                categories = _decode_array(data, key.end() - 1)
+                if categories is not None:
+                    return categories
+    except (OSError, ValueError):  # unreadable, or empty (which mmap refuses): _read says which
+        pass
+    return _read(json_file)["categories"]
+
+
+def _decode_array(data: mmap.mmap, start: int) -> Optional[List]:
+    """The JSON array starting at byte ``start``, decoded from as many bytes as it takes; None if there is none."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    text, end, chunk = "", start, 1 << 16
+    while end < len(data):
+        text += decoder.decode(data[end : end + chunk])
+        end, chunk = end + chunk, chunk * 2
+        try:
+            array, _ = json.JSONDecoder().raw_decode(text)
+            return array
+        except json.JSONDecodeError:
+            continue  # cut short by the chunk (or invalid: then the whole file is read, and _read says where)
+    return None
 
 
 def check_registered_dataset(name: str, evaluation: bool) -> List[Dict]:

@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 from typing import List, Sequence
 
+import cloudpickle
 import submitit
 
 from .signals import EXIT_PREEMPTED
@@ -21,6 +22,10 @@ from .signals import EXIT_PREEMPTED
 __all__ = ["TRAIN_NET", "TrainingJob"]
 
 logger = logging.getLogger(__name__)
+
+# submitit pickles the job with cloudpickle: by value, the job's process unpickles it importing submitit alone, not
+# efl (torch and detectron2: seconds at every start and requeue of every task); the train_net.py it starts imports them.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 TRAIN_NET = str(Path(__file__).resolve().parents[4] / "train_net.py")
 # The arguments that the job sets itself, from its environment.

@@ -10,7 +10,7 @@ from typing import Optional
 import torch.multiprocessing as mp
 
 from detectron2.engine import launch as _d2_launch
-from detectron2.engine.launch import _distributed_worker
+from detectron2.engine.launch import _distributed_worker, _find_free_port
 
 from ..errors import ConfigError, config_error_message
 from .lock import OutputDirLock
@@ -37,7 +37,15 @@ def launch(
     ``fork``: start the worker processes by forking this one rather than as fresh interpreters (detectron2's
     spawn), for runs on the CPU: each fresh interpreter imports torch and detectron2 again, seconds per process.
     CUDA cannot be used in a forked process, so GPU runs spawn.
+
+    ``dist_url`` "auto" (train_net.py's default) is a free port of this machine, for a run on one machine.
     """
+    if dist_url == "auto" and num_gpus_per_machine * num_machines > 1:
+        if num_machines > 1:
+            raise ConfigError(
+                "--num-machines > 1 needs --dist-url tcp://<machine 0's address>:<port>, the same on every machine"
+            )
+        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
     try:
         if fork and num_gpus_per_machine * num_machines > 1:
             mp.start_processes(
