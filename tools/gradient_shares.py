@@ -24,7 +24,6 @@ import numpy as np
 import plot_efl_stats
 from demo import RUNS, datasets_of
 from efl.data import FREQUENCY_GROUPS, frequency_group_of
-from efl.engine.safe_loading import load_torch_file
 
 # share, positive and weight of each group, in FREQUENCY_GROUPS order
 COLUMNS = [f"{quantity} {group}" for quantity in ("share", "positive", "weight") for group in FREQUENCY_GROUPS]
@@ -40,9 +39,7 @@ def checkpoints(run_dir: Path) -> Dict[int, Path]:
 
 def statistics(checkpoint: Path) -> Dict[str, np.ndarray]:
     """The (C,) pos_grad, neg_grad and pos_neg buffers of a checkpoint's EFL loss, in float64."""
-    state = load_torch_file(str(checkpoint))
-    state = state.get("model", state)
-    return {name: state[f"cls_loss.{name}"].double().numpy() for name in ("pos_grad", "neg_grad", "pos_neg")}
+    return {name: buffer.double().numpy() for name, buffer in plot_efl_stats.load_efl_buffers(checkpoint).items()}
 
 
 def intervals(run_dir: Path, ends: Sequence[int]) -> List[Dict[str, float]]:

@@ -37,8 +37,9 @@ from efl.engine.safe_loading import load_torch_file  # noqa: E402
 COLOURS = {"rare": "tab:red", "common": "tab:orange", "frequent": "tab:blue"}
 
 
-def load_statistics(checkpoint: Path, trust_pickle: bool = False) -> torch.Tensor:
-    """The (C,) g_j (``pos_neg``) buffer of the EFL loss in a detectron2 checkpoint."""
+def load_efl_buffers(checkpoint: Path, trust_pickle: bool = False) -> Dict[str, torch.Tensor]:
+    """The (C,) statistics buffers of the EFL loss in a detectron2 checkpoint, by name: "pos_neg" (g_j), and
+    "pos_grad" and "neg_grad" where it holds them."""
     state = load_torch_file(str(checkpoint), trust_pickle=trust_pickle)
     state = state.get("model", state)
     keys = [k for k in state if k.endswith("cls_loss.pos_neg")]
@@ -47,7 +48,13 @@ def load_statistics(checkpoint: Path, trust_pickle: bool = False) -> torch.Tenso
             f"{checkpoint} holds no EFL statistics (no *cls_loss.pos_neg): train focal loss as EFL with "
             "MODEL.EFL.SCALE 0.0 to keep them"
         )
-    return state[keys[0]].float()
+    prefix = keys[0][: -len("pos_neg")]
+    return {name: state[prefix + name] for name in ("pos_grad", "neg_grad", "pos_neg") if prefix + name in state}
+
+
+def load_statistics(checkpoint: Path, trust_pickle: bool = False) -> torch.Tensor:
+    """The (C,) g_j (``pos_neg``) buffer of the EFL loss in a detectron2 checkpoint."""
+    return load_efl_buffers(checkpoint, trust_pickle)["pos_neg"].float()
 
 
 def run_config(checkpoint: Path) -> Optional[dict]:

@@ -36,7 +36,6 @@ from PIL import Image
 from torch import nn
 
 import detectron2.data.transforms as T
-from detectron2.config import CfgNode, instantiate
 from detectron2.data import DatasetMapper, Metadata, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.structures import Instances
@@ -45,7 +44,6 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 import efl.config
 from efl import ConfigError
 from efl.data import class_names
-from efl.data.transforms import OpenCVResizeShortestEdge
 from efl.engine import EFLCheckpointer, Recipe
 from efl.export import SplitDetector, load_network
 
@@ -92,15 +90,6 @@ def load_detector(recipe: Recipe, trust_pickle: bool = False) -> nn.Module:
     return model.eval()
 
 
-def test_mapper(recipe: Recipe) -> DatasetMapper:
-    """The DatasetMapper of the config's test loader: how it resizes images, and their format."""
-    cfg = recipe.config
-    if isinstance(cfg, CfgNode):  # as efl.config.yacs.build_test_loader, with INPUT.TEST_RESIZE_BACKEND
-        resize = OpenCVResizeShortestEdge if cfg.INPUT.TEST_RESIZE_BACKEND == "opencv" else T.ResizeShortestEdge
-        return DatasetMapper(cfg, False, augmentations=[resize(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)])
-    return instantiate(cfg.dataloader.test.mapper)
-
-
 class Predictor:
     """
     detectron2's DefaultPredictor for any config and model: an (H, W, 3) BGR image in, the model's output for it
@@ -112,7 +101,7 @@ class Predictor:
         """
         Args:
             model: called as a detectron2 model in eval mode: a detector, or a :class:`efl.export.SplitDetector`.
-            mapper: the config's test mapper (:func:`test_mapper`).
+            mapper: the config's test mapper (``Recipe.test_mapper``).
         """
         self.model = model
         self.mapper = mapper
@@ -134,11 +123,11 @@ def build_predictor(recipe: Recipe, trust_pickle: bool = False, model_file: Opti
     tools/export.py exported to it followed by the config's detector's own inference (efl.export.SplitDetector).
     """
     if model_file is None:
-        return Predictor(load_detector(recipe, trust_pickle), test_mapper(recipe))
+        return Predictor(load_detector(recipe, trust_pickle), recipe.test_mapper())
     settings = recipe.settings
     detector = recipe.build_model(None).eval()
     network = load_network(model_file, detector, settings.device, settings.names)
-    return Predictor(SplitDetector(network, detector), test_mapper(recipe))
+    return Predictor(SplitDetector(network, detector), recipe.test_mapper())
 
 
 def dataset_metadata(recipe: Recipe) -> Metadata:

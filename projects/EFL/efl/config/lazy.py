@@ -468,6 +468,9 @@ class LazyRecipe(Recipe):
                 parts.warmup.warmup_length = resolved.warmup_iters / max(resolved.max_iter, 1)
         return instantiate(cfg.lr_multiplier)
 
+    def test_mapper(self):
+        return instantiate(self.config.dataloader.test.mapper)
+
     def test_sets(self) -> List[TestSet]:
         loader = self.config.dataloader
         if loader.get("evaluator") is None:

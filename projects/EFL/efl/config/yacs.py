@@ -139,12 +139,17 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> EFLCfgNode:
     return cfg
 
 
-def build_test_loader(cfg: CN, dataset_name: str):
-    """detectron2's test loader; with INPUT.TEST_RESIZE_BACKEND "opencv" its resize uses OpenCV."""
+def build_test_mapper(cfg: CN) -> DatasetMapper:
+    """detectron2's test mapper; with INPUT.TEST_RESIZE_BACKEND "opencv" its resize uses OpenCV."""
     if cfg.INPUT.TEST_RESIZE_BACKEND == "pil":
-        return build_detection_test_loader(cfg, dataset_name)
+        return DatasetMapper(cfg, False)
     resize = OpenCVResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    return build_detection_test_loader(cfg, dataset_name, mapper=DatasetMapper(cfg, False, augmentations=[resize]))
+    return DatasetMapper(cfg, False, augmentations=[resize])
+
+
+def build_test_loader(cfg: CN, dataset_name: str):
+    """detectron2's test loader, with :func:`build_test_mapper`'s mapper."""
+    return build_detection_test_loader(cfg, dataset_name, mapper=build_test_mapper(cfg))
 
 
 def build_evaluator(cfg: CN, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:
@@ -299,6 +304,9 @@ class YacsRecipe(Recipe):
                 "SOLVER.WARMUP_ITERS", resolved.warmup_iters,
             )  # fmt: skip
         return build_lr_scheduler(cfg, optimizer)
+
+    def test_mapper(self) -> DatasetMapper:
+        return build_test_mapper(self.config)
 
     def test_sets(self) -> List[TestSet]:
         cfg = self.config

@@ -123,6 +123,11 @@ class Recipe(abc.ABC):
     def test_sets(self) -> List[TestSet]:
         """The datasets to evaluate on."""
 
+    @abc.abstractmethod
+    def test_mapper(self) -> Callable[[Dict], Dict]:
+        """The test loader's mapper (a DatasetMapper): how an image is resized and converted for the model, for
+        inference outside a test loader (tools/predict.py, tools/export.py)."""
+
 
 class Training(NamedTuple):
     """A training run ready to start: ``trainer.train(start_iter, max_iter)``."""
