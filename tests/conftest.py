@@ -26,11 +26,12 @@ if _OWN_CACHE:
     os.environ["EFL_CACHE_DIR"] = os.environ["EFL_TEST_SESSION"] = tempfile.mkdtemp(prefix="efl_test_cache_")
 
 
-# make test runs the suite in 2 pytest-xdist workers, one per core. Each worker, and each process its tests start
-# (they inherit the variable), computes in one thread: two workers of two OpenMP threads each on two cores spin-wait
-# for each other and run several times slower than one thread each. Set before torch is imported.
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-    os.environ["OMP_NUM_THREADS"] = "1"
+# Every test process, and each process its tests start (they inherit the variable), computes in one thread. make
+# test runs 2 pytest-xdist workers, one per core: two workers of two OpenMP threads each on two cores spin-wait for
+# each other and run several times slower. And some tests fork processes from the test process (as train_net.py
+# forks its workers on the CPU), which hang in OpenMP's barrier if the test process used more than one thread
+# before. Set before torch is imported.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 # make test's pytest-xdist workers take whole modules (--dist loadscope: a module's fixtures serve all its tests);
@@ -105,16 +106,16 @@ def small_recipe(*opts, config=DEMO_CONFIG):
     return YacsRecipe(load_config(str(config), SMALL_OPTS + [str(o) for o in opts]))
 
 
-def train_net(*args, env=None, timeout=600):
-    """train_net.py with ``args`` in a process of its own, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, str(REPO / "train_net.py"), *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-    )
+def train_net(*args, env=None, timeout=600, fresh=False):
+    """train_net.py with ``args`` in a process of its own, as a user runs it: forked by warm_start.py's zygote, or
+    with ``fresh``, a new interpreter."""
+    import warm_start
+
+    command = [sys.executable, str(REPO / "train_net.py"), *map(str, args)]
+    env = {**os.environ, **(env or {})}
+    if fresh:
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
+    return warm_start.run(command, env, timeout=timeout)
 
 
 def assert_stops_with(run, *fragments):
@@ -169,10 +170,11 @@ def stops_before_any_process(*args) -> str:
 
 @pytest.fixture(scope="session")
 def trained_demo():
-    """A real train_net.py run of the test-size demo model: 4 iterations, then LVIS evaluation. Its OUTPUT_DIR
-    (model_final.pth, metrics.json, inference/: read only, shared) and the finished process."""
+    """A real train_net.py run of the test-size demo model, in a new interpreter as a user starts it: 4 iterations,
+    then LVIS evaluation. Its OUTPUT_DIR (model_final.pth, metrics.json, inference/: read only, shared) and the
+    finished process."""
     def train(out):
-        return train_net("--config-file", DEMO_CONFIG, *SMALL_OPTS, "SOLVER.MAX_ITER", 4, "OUTPUT_DIR", out)
+        return train_net("--config-file", DEMO_CONFIG, *SMALL_OPTS, "SOLVER.MAX_ITER", 4, "OUTPUT_DIR", out, fresh=True)
 
     out, run = shared_run("trained_demo", train)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -14,6 +14,7 @@ from typing import List
 
 import torch
 
+import warm_start
 from conftest import DEMO_CONFIG, REPO, SMALL_OPTS
 
 # Deterministic on the CPU: constant learning rate (no schedule that depends on MAX_ITER), no random flip (the
@@ -54,7 +55,7 @@ def lazy_command(output_dir, num_processes: int, *flags) -> List[str]:
 
 
 def run_to_the_end(command) -> subprocess.CompletedProcess:
-    run = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    run = warm_start.run(command, ENV)
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 
@@ -69,10 +70,7 @@ class Started:
     def __init__(self, command, output_dir: Path):
         self.output_dir = output_dir
         self.stderr = output_dir.parent / f"{output_dir.name}.{time.monotonic_ns()}.stderr"
-        with open(self.stderr, "w") as stderr:
-            self.process = subprocess.Popen(
-                command, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr
-            )
+        self.process = warm_start.popen(command, ENV, stderr=str(self.stderr))
 
     def wait_for_checkpoint_after(self, iteration: int) -> None:
         """Until a periodic checkpoint of an iteration after ``iteration`` is on disk (the run is training)."""

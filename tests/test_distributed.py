@@ -6,12 +6,12 @@ take a free port.
 """
 import json
 import socket
-import subprocess
 
 import pytest
 import torch
 import torch.distributed as dist
 
+import warm_start
 from detectron2.engine import default_argument_parser
 
 from conftest import REPO, load_train_net
@@ -56,10 +56,9 @@ def test_two_machines_reach_the_same_statistics(one_machine, tmp_path):
         command[3:4] = ["1", "--num-machines", "2", "--machine-rank", str(rank), "--dist-url", f"tcp://127.0.0.1:{port}"]
         command += ["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "0.3",
                     "DATALOADER.REPEAT_ROUNDING", "ceil"]  # fmt: skip
-        machines.append(subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    for process in machines:
-        output, _ = process.communicate(timeout=600)
-        assert process.returncode == 0, output[-4000:]
+        machines.append(warm_start.popen(command, ENV, stderr=str(tmp_path / f"machine{rank}.stderr")))
+    for rank, process in enumerate(machines):
+        assert process.wait(timeout=600) == 0, (tmp_path / f"machine{rank}.stderr").read_text()[-4000:]
     two_machines = reports(tmp_path)
     assert all(r["world_size"] == 2 and r["iterations"] == 10 for r in two_machines)
     assert two_machines[0]["final"] == two_machines[1]["final"]

@@ -12,9 +12,10 @@ import subprocess
 import pytest
 import torch
 
+import warm_start
 from detectron2.modeling import build_model
 
-from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, small_cfg, stops_before_any_process
+from conftest import DEMO_CONFIG, SMALL_OPTS, small_cfg, stops_before_any_process
 from efl.engine import EFLCheckpointer
 from efl.engine.checkpoint import DiskFullError
 from interruptions import (
@@ -44,7 +45,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_resume_finishes_elsewhere(uni
     --resume ends as the uninterrupted run."""
     reference, _ = uninterrupted("yacs", 1)
     out = small_disk / "run"
-    stopped = subprocess.run(yacs_command(out, 1), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    stopped = warm_start.run(yacs_command(out, 1), ENV)
     assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
     (line,) = [line for line in stopped.stderr.splitlines() if line.startswith("train_net.py: error: ")]
     assert f"no space left to write {out}/model_0000003.pth: it needs " in line and " MB free;" in line

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+import warm_start
 from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, load_train_net
 from efl.config import load
 from efl.engine import OutputDirInUseError, OutputDirLock, launch_run
@@ -47,7 +48,7 @@ def test_two_runs_on_one_output_dir(tmp_path, caplog):
         "DATASETS.TEST", "()", "SOLVER.CHECKPOINT_PERIOD", "1000", "SOLVER.MAX_ITER", "100000", "OUTPUT_DIR",
         str(tmp_path),
     ]  # fmt: skip
-    first = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = warm_start.popen(command, dict(os.environ))
     try:
         lock_file = tmp_path / OutputDirLock.FILENAME
         deadline = time.monotonic() + 300

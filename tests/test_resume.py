@@ -4,15 +4,15 @@ the worker processes read the checkpoints stops in one line. (Runs killed with S
 """
 import logging
 import os
-import subprocess
 
 import pytest
 import torch
 
+import warm_start
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from conftest import REPO, assert_stops_with, small_cfg, small_recipe
+from conftest import assert_stops_with, small_cfg, small_recipe
 from efl import ConfigError
 from efl.engine import EFLCheckpointer, build_training
 from interruptions import ENV, yacs_command
@@ -109,7 +109,7 @@ def test_an_error_inside_the_worker_processes_stops_in_one_line(tmp_path):
     """Found only inside the 2 workers (each reads the checkpoints): reported once, as one line."""
     saved_models(tmp_path, "model_0000001")
     (tmp_path / "model_0000001.pth").write_bytes(b"PK\x03\x04 not all there")
-    run = subprocess.run(yacs_command(tmp_path, 2, "--resume"), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    run = warm_start.run(yacs_command(tmp_path, 2, "--resume"), ENV)
     assert_stops_with(run, f"--resume: {tmp_path} has no readable checkpoint")
 
 
