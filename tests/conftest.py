@@ -182,6 +182,17 @@ def trained_demo():
 
 
 @pytest.fixture(autouse=True)
+def _environment_restored():
+    """detectron2's seed_all_rng (an in-process run's) sets PYTHONHASHSEED in this process's environment; each test
+    starts from the session's, which the runs that warm_start.py forks must match."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
 def _propagating_loggers():
     """detectron2's setup_logger (which efl.engine.run calls, in some tests in this process) stops its loggers from
     propagating; caplog reads what propagates."""

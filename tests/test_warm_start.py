@@ -26,7 +26,8 @@ PROBE = textwrap.dedent(
 def test_a_forked_run_is_the_script_run_by_a_new_interpreter(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
-    env = dict(warm_start._zygote().env)  # what the zygote serves (a run with another one starts afresh)
+    env = dict(os.environ)
+    assert warm_start._zygote().fits(env), "a test left the environment changed: the zygote would not be used"
     for argv in (["go", "on"], ["stop"]):
         command = [sys.executable, str(script), *argv]
         warm = warm_start.run(command, env, cwd=tmp_path)
@@ -39,8 +40,7 @@ def test_a_forked_run_is_the_script_run_by_a_new_interpreter(tmp_path):
 def test_a_forked_run_is_the_test_process_s_child_to_signal_and_wait_for(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
-    env = dict(warm_start._zygote().env)
-    run = warm_start.popen([sys.executable, str(script), "wait"], env, stdout=str(tmp_path / "out"))
+    run = warm_start.popen([sys.executable, str(script), "wait"], dict(os.environ), stdout=str(tmp_path / "out"))
     assert isinstance(run, warm_start.Run), "the zygote was not used"
     while "waiting" not in (tmp_path / "out").read_text():
         assert run.poll() is None

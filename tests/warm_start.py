@@ -120,9 +120,7 @@ def run(command: Sequence[str], env: Dict[str, str], timeout: float = 600, cwd=R
             started.kill()
             started.wait()
             raise
-        return subprocess.CompletedProcess(
-            [str(c) for c in command], started.returncode, Path(stdout).read_text(), Path(stderr).read_text()
-        )
+        return subprocess.CompletedProcess(started.args, started.returncode, Path(stdout).read_text(), Path(stderr).read_text())
 
 
 def _serve() -> dict:
