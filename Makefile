@@ -38,7 +38,7 @@ experiment-improved: install
 	$(PY) tools/experiment.py --detector improved --output-dir output/experiment-improved
 
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadscope --durations=10
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=10
 
 bench-gpu: install
 	$(PY) benchmarks/gpu_report.py --output output/gpu_report.md

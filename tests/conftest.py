@@ -34,11 +34,15 @@ if _OWN_CACHE:
 os.environ["OMP_NUM_THREADS"] = "1"
 
 
-# make test's pytest-xdist workers take whole modules (--dist loadscope: a module's fixtures serve all its tests);
-# the modules of the longest runs go first, so that the two workers finish together.
+# make test's pytest-xdist workers take whole modules (--dist loadscope: a module's fixtures serve all its tests),
+# in this order (--no-loadscope-reorder; xdist would order them by their number of tests): the longest first, so
+# that the two workers finish together, and the modules that share a session run (trained_demo, uninterrupted)
+# apart, so that a worker seldom waits for the other to produce it.
 LONGEST_FIRST = (
-    "test_preemption", "test_preemption_gloo", "test_submit", "test_preemption_lazy", "test_tools", "test_lazy_config",
-    "test_export", "test_gpu_report", "test_kernels", "test_distributed", "test_full_disk",
+    "test_submit", "test_gpu_report", "test_lazy_config", "test_kernels", "test_export", "test_preemption_gloo",
+    "test_tools", "test_train_net", "test_preemption", "test_preemption_lazy", "test_released", "test_synthetic_lvis",
+    "test_mixed_precision", "test_schedule", "test_full_disk", "test_resume", "test_lock", "test_custom_dataset",
+    "test_distributed", "test_fcos",
 )  # fmt: skip
 
 

@@ -1,5 +1,5 @@
-"""benchmarks/gpu_report.py, the one command for every GPU check, tested on the CPU: --dry-run runs every part."""
-import subprocess
+"""benchmarks/gpu_report.py, the one command for every GPU check, tested on the CPU: --dry-run runs every part
+(each in a process of its own, as on a GPU; the report's own main runs in the test's process)."""
 import sys
 
 import pytest
@@ -10,7 +10,6 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_report  # noqa: E402
 
-SCRIPT = REPO / "benchmarks" / "gpu_report.py"
 SECTIONS = [
     "## Environment",
     "## Summary",
@@ -22,27 +21,22 @@ SECTIONS = [
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_without_a_gpu_it_says_so_and_fails(tmp_path):
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--output", str(tmp_path / "r.md")], capture_output=True, text=True, cwd=REPO
-    )
-    assert run.returncode == 2
-    assert "no CUDA GPU" in run.stderr and "--dry-run" in run.stderr
+def test_without_a_gpu_it_says_so_and_fails(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["gpu_report.py", "--output", str(tmp_path / "r.md")])
+    assert gpu_report.main() == 2
+    stderr = capsys.readouterr().err
+    assert "no CUDA GPU" in stderr and "--dry-run" in stderr
     assert not (tmp_path / "r.md").exists()
 
 
-def test_dry_run_writes_every_part_to_the_file_and_to_stdout(tmp_path):
+def test_dry_run_writes_every_part_to_the_file_and_to_stdout(tmp_path, monkeypatch, capsys):
     output = tmp_path / "report" / "gpu_report.md"
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--dry-run", "--output", str(output)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    monkeypatch.setattr(sys, "argv", ["gpu_report.py", "--dry-run", "--output", str(output)])
+    status = gpu_report.main()
+    stdout = capsys.readouterr().out
+    assert status == 0, stdout[-6000:]
     text = output.read_text()
-    assert run.stdout.strip() == text.strip()
+    assert stdout.strip() == text.strip()
     assert [line for line in text.splitlines() if line.startswith("## ")] == SECTIONS
     assert "dry run" in text and "torch " in text and "FAILED" not in text and "TIMED OUT" not in text
     assert "1 passed" in text  # the tests

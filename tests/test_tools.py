@@ -2,8 +2,10 @@
 demo's figures) on 2-iteration runs."""
 import json
 import math
+import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ import gradient_shares
 import make_tables
 import plot_efl_stats
 import predict
+import warm_start
 from conftest import DEMO_CONFIG, REPO, SMALL_OPTS, small_cfg
 from efl import ConfigError
 
@@ -231,12 +234,23 @@ def test_class_names_read_the_categories_alone_wherever_they_are(tmp_path):
         class_names("nope")
 
 
+def warm_subprocess_run(command, check, cwd):
+    """The tools' ``subprocess.run(command, check=True, cwd=...)`` of train_net.py, forked by warm_start.py's zygote."""
+    run = warm_start.run(command, dict(os.environ), cwd=cwd)
+    if check and run.returncode:
+        raise subprocess.CalledProcessError(run.returncode, command, run.stdout, run.stderr)
+    return run
+
+
 @pytest.fixture(scope="module")
 def experiment_runs(tmp_path_factory):
-    """tools/experiment.py on the test set: one seed of focal loss and EFL, 2 iterations each."""
+    """tools/experiment.py on the test set: one seed of focal loss and EFL, 2 iterations each, each in a train_net.py
+    process of its own."""
     out = tmp_path_factory.mktemp("experiment")
     opts = [*SMALL_OPTS, "SOLVER.MAX_ITER", "2"]
-    return out, experiment.main(["--seeds", "7", "--device", "cpu", "--output-dir", str(out), *opts])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo, "subprocess", SimpleNamespace(run=warm_subprocess_run))
+        return out, experiment.main(["--seeds", "7", "--device", "cpu", "--output-dir", str(out), *opts])
 
 
 def test_experiment_trains_each_loss_with_the_seed_and_tabulates_them(experiment_runs):
