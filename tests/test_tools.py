@@ -237,6 +237,8 @@ def test_class_names_read_the_categories_alone_wherever_they_are(tmp_path):
 def warm_subprocess_run(command, check, cwd):
     """The tools' ``subprocess.run(command, check=True, cwd=...)`` of train_net.py, forked by warm_start.py's zygote."""
     run = warm_start.run(command, dict(os.environ), cwd=cwd)
+    sys.stdout.write(run.stdout)  # where the tool's own run writes (its parent's streams), which pytest shows on failure
+    sys.stderr.write(run.stderr)
     if check and run.returncode:
         raise subprocess.CalledProcessError(run.returncode, command, run.stdout, run.stderr)
     return run
